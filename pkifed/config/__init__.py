@@ -1,0 +1,1 @@
+"""The federation file's schema, loading and validation."""

@@ -1,0 +1,1 @@
+"""The federation domain: hierarchy, certificates, bundles, state and reports."""

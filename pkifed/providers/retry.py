@@ -1,0 +1,74 @@
+"""Bounded, jittered retries for temporary provider errors."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pkifed.errors import TemporaryError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RetrySettings(BaseModel):
+    """How a provider retries temporary errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(
+        default=4, ge=1, le=20, description="Total attempts, the first one included."
+    )
+    base_delay: float = Field(
+        default=0.2, gt=0, description="Delay before the second attempt, in seconds."
+    )
+    max_delay: float = Field(
+        default=5.0, gt=0, description="Maximum delay between attempts, in seconds."
+    )
+
+    def delays(self, rng: random.Random | None = None) -> tuple[float, ...]:
+        """The sleep before each retry: full jitter over an exponential ceiling."""
+        rng = rng or random.Random()
+        ceilings = (
+            min(self.max_delay, self.base_delay * 2**attempt)
+            for attempt in range(self.attempts - 1)
+        )
+        return tuple(rng.uniform(ceiling / 2, ceiling) for ceiling in ceilings)
+
+
+def call_with_retry(
+    operation: Callable[[], T],
+    settings: RetrySettings,
+    *,
+    description: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``operation``, retrying :class:`TemporaryError` with backoff.
+
+    The last temporary error is re-raised once the attempts run out. Permanent
+    errors propagate at once.
+    """
+    delays = settings.delays()
+    for attempt, delay in enumerate((*delays, None), start=1):
+        try:
+            return operation()
+        except TemporaryError as error:
+            if delay is None:
+                raise
+            wait = max(delay, error.retry_after or 0.0)
+            logger.warning(
+                "%s failed (attempt %d of %d): %s; will retry in %.2f s",
+                description,
+                attempt,
+                settings.attempts,
+                error,
+                wait,
+            )
+            sleep(wait)
+    raise AssertionError("unreachable: the loop returns or raises")

@@ -1,0 +1,1 @@
+"""Publish targets: places that receive bundles, chains and CRLs."""

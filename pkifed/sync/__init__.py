@@ -1,0 +1,1 @@
+"""Reconciliation, the command line and the daemon."""
