@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -126,11 +127,12 @@ class HashName(StrEnum):
 
     def algorithm(self) -> hashes.HashAlgorithm:
         """A new pyca hash object."""
-        return {
+        constructors: dict[HashName, Callable[[], hashes.HashAlgorithm]] = {
             HashName.SHA256: hashes.SHA256,
             HashName.SHA384: hashes.SHA384,
             HashName.SHA512: hashes.SHA512,
-        }[self]()
+        }
+        return constructors[self]()
 
     @property
     def digest_size(self) -> int:
