@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,30 @@ from pydantic_core import core_schema
 from pkifed.errors import SecretError
 
 _REFERENCE = re.compile(r"^\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$")
+
+# Every value resolved in this process, so logs and messages can be scrubbed of
+# them as a second line of defence behind code that never formats a secret.
+_resolved: set[str] = set()
+_resolved_lock = threading.Lock()
+
+# Values this short would scrub ordinary words from messages.
+_MIN_REDACTED_LENGTH = 4
+
+
+def redact(text: str) -> str:
+    """Replace every secret resolved so far in ``text`` with ``***``."""
+    with _resolved_lock:
+        values = sorted(_resolved, key=len, reverse=True)
+    for value in values:
+        text = text.replace(value, "***")
+    return text
+
+
+def _remember(value: str) -> str:
+    if len(value) >= _MIN_REDACTED_LENGTH:
+        with _resolved_lock:
+            _resolved.add(value)
+    return value
 
 
 class SecretRef:
@@ -57,7 +82,7 @@ class SecretRef:
                     f"secret {self.reference}: environment variable "
                     f"{self.target} is not set"
                 )
-            return value
+            return _remember(value)
 
         path = Path(self.target).expanduser()
         if not path.is_absolute() and self._base_dir is not None:
@@ -65,7 +90,7 @@ class SecretRef:
         try:
             # A trailing newline is almost always an editor artefact, not part of
             # the secret.
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
+            return _remember(path.read_text(encoding="utf-8").rstrip("\r\n"))
         except OSError as error:
             raise SecretError(
                 f"secret {self.reference}: cannot read {path}: {error.strerror}"

@@ -129,6 +129,15 @@ class KeyProvider(abc.ABC):
         """The provider's name in the configuration file."""
         return self.context.provider_name
 
+    @classmethod
+    def offered_algorithms(cls, settings: ProviderSettings) -> frozenset[KeyAlgorithm]:
+        """Algorithms this provider type can offer, known without contacting it.
+
+        Configuration validation uses this to reject an impossible algorithm before
+        any call; :meth:`supported_algorithms` may narrow it further at run time.
+        """
+        return frozenset(KeyAlgorithm)
+
     @abc.abstractmethod
     def supported_algorithms(self) -> frozenset[KeyAlgorithm]:
         """Key algorithms this provider can create and sign with."""
