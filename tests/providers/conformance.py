@@ -94,7 +94,7 @@ def self_signed(
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     )
-    return builder.sign(key, *sign_arguments(scheme))  # type: ignore[arg-type]
+    return _call_sign(builder.sign, key, scheme)
 
 
 def sign_arguments(
