@@ -67,7 +67,9 @@ class PublishTarget(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write(self, object_name: str, data: bytes, expected_version: str | None) -> None:
+    def write(
+        self, object_name: str, data: bytes, expected_version: str | None
+    ) -> None:
         """Write an object if its current version is ``expected_version``.
 
         ``None`` means the object must not exist yet.
