@@ -1,0 +1,250 @@
+"""The ``pkifed`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from pkifed import __version__
+from pkifed.config.loader import LoadedConfig, load_config
+from pkifed.errors import ConfigError, PkifedError
+from pkifed.federation.inventory import build_inventory
+from pkifed.federation.reports import render_json, render_table
+from pkifed.federation.runtime import Runtime
+from pkifed.federation.store import Store
+from pkifed.secrets import redact
+from pkifed.sync.logs import configure_logging
+from pkifed.sync.plan import Plan
+from pkifed.sync.reconcile import ActionOutcome, Reconciler, utc_now
+
+logger = logging.getLogger(__name__)
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Path of the federation file (YAML).",
+)
+
+
+@contextmanager
+def _session(config_path: Path) -> Iterator[tuple[LoadedConfig, Store, Runtime]]:
+    config = load_config(config_path)
+    store = Store(config.state_url)
+    store.initialise()
+    runtime = Runtime(config)
+    try:
+        yield config, store, runtime
+    finally:
+        runtime.close()
+        store.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pkifed")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log debug detail and show tracebacks."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Format of log lines on standard error.",
+)
+@click.pass_context
+def cli(context: click.Context, verbose: bool, log_format: str) -> None:
+    """Keep a CA hierarchy consistent across HSMs and cloud KMSs."""
+    context.obj = {"verbose": verbose}
+    configure_logging(verbose=verbose, json_lines=log_format == "json")
+
+
+@cli.command()
+@CONFIG_OPTION
+def validate(config_path: Path) -> None:
+    """Check a federation file and report every problem at once."""
+    config = load_config(config_path)
+    model = config.model
+    click.echo(
+        f"{config.path}: valid: {len(model.providers)} providers, "
+        f"{len(model.authorities)} authorities, {len(model.targets)} targets, "
+        f"{len(model.bundles)} bundles"
+    )
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when nothing would change, 2 when changes are pending, 1 on error.",
+)
+def plan(config_path: Path, as_json: bool, detailed_exitcode: bool) -> None:
+    """Show what apply would change, and why."""
+    with _session(config_path) as (config, store, runtime):
+        result = Reconciler(config, store, runtime).plan()
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        _print_plan_text(result)
+    if result.problems:
+        sys.exit(1)
+    if detailed_exitcode and not result.empty:
+        sys.exit(2)
+
+
+def _print_plan_text(result: Plan) -> None:
+    for action in result.actions:
+        click.echo(f"  {action}")
+    for problem in result.problems:
+        click.echo(f"  blocked: {problem}", err=True)
+    if result.empty and not result.problems:
+        click.echo(f"No changes: federation {result.federation} is up to date.")
+    else:
+        click.echo(
+            f"Plan: {len(result.actions)} actions, {len(result.problems)} blocked."
+        )
+
+
+@cli.command()
+@CONFIG_OPTION
+def apply(config_path: Path) -> None:
+    """Create keys, issue certificates and publish until the federation converges."""
+
+    def progress(outcome: ActionOutcome) -> None:
+        mark = {"done": "ok", "failed": "FAILED", "skipped": "skipped"}[outcome.outcome]
+        detail = f": {outcome.message}" if outcome.message else ""
+        click.echo(f"  [{mark}] {outcome.action.kind} {outcome.action.object}{detail}")
+
+    with _session(config_path) as (config, store, runtime):
+        reconciler = Reconciler(config, store, runtime, on_progress=progress)
+        planned = reconciler.plan()
+        if planned.empty and not planned.problems:
+            click.echo(
+                f"No changes: federation {planned.federation} is up to date "
+                f"({len(config.model.authorities)} authorities)."
+            )
+            return
+        if planned.actions:
+            click.echo(f"Applying {len(planned.actions)} actions:")
+        result = reconciler.apply(planned)
+        for problem in planned.problems:
+            click.echo(f"  blocked: {problem}", err=True)
+        done = sum(1 for o in result.outcomes if o.outcome == "done")
+        click.echo(
+            f"Applied {done} of {len(planned.actions)} actions; "
+            f"{len(result.failed)} failed or skipped, {len(planned.problems)} blocked."
+        )
+    if not result.succeeded:
+        click.echo("Run apply again after fixing the causes above.", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report to this file instead of standard output.",
+)
+def report(config_path: Path, output_format: str, output: Path | None) -> None:
+    """Print the inventory of authorities and bundles from the state store."""
+    config = load_config(config_path, check_secrets=False)
+    store = Store(config.state_url)
+    try:
+        store.initialise()
+        inventory = build_inventory(config, store, utc_now())
+    finally:
+        store.close()
+    text = (
+        render_json(inventory) if output_format == "json" else render_table(inventory)
+    )
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"Wrote {output}")
+
+
+@cli.group()
+def providers() -> None:
+    """Inspect the configured key providers."""
+
+
+@providers.command("check")
+@CONFIG_OPTION
+def providers_check(config_path: Path) -> None:
+    """Show each provider's reachability, identity, algorithms and permissions."""
+    config = load_config(config_path)
+    failures = 0
+    with Runtime(config) as runtime:
+        for name in config.model.providers:
+            try:
+                status = runtime.provider(name).check()
+            except PkifedError as error:
+                failures += 1
+                click.echo(f"{name}: unreachable: {redact(str(error))}")
+                continue
+            algorithms = ",".join(sorted(status.algorithms))
+            levels = ",".join(sorted(status.protection_levels))
+            missing = ",".join(status.missing_permissions) or "none"
+            click.echo(
+                f"{name}: ok; identity {status.identity}; algorithms {algorithms}; "
+                f"protection {levels}; missing permissions {missing}"
+                + (f"; {status.message}" if status.message else "")
+            )
+    if failures:
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line, turning pkifed's errors into one line and exit status 1."""
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="pkifed", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except ConfigError as error:
+        click.echo(redact(str(error)), err=True)
+        sys.exit(1)
+    except PkifedError as error:
+        if verbose:
+            click.echo(redact(traceback.format_exc()), err=True)
+        click.echo(f"pkifed: error: {redact(str(error))}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as error:
+        if verbose:
+            click.echo(redact(traceback.format_exc()), err=True)
+        click.echo(
+            f"pkifed: internal error: {type(error).__name__}: {redact(str(error))}; "
+            "rerun with --verbose for the traceback and report it",
+            err=True,
+        )
+        sys.exit(70)
