@@ -7,10 +7,10 @@ process finds them again by name. Key URIs follow RFC 7512, for example
 
 Every call into the PKCS#11 library is made under one process-wide lock,
 because python-pkcs11 sessions are not safe to use from several threads at
-once. PKCS#11 login state belongs to the application, not to a session
-(PKCS#11 v2.40 base specification, section 5.6, C_Login), so providers of this
-process that name the same module and token share one logged-in session,
-which is opened on first use and closed when the last of them closes.
+once. PKCS#11 login state belongs to the application, not to a session. So
+providers of this process that name the same module and token share one
+logged-in session. It is opened on first use and closed when the last of
+those providers closes.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Pkcs11Settings(ProviderSettings):
     token: str = Field(
         min_length=1,
         max_length=32,
-        description="Label of the token that holds the keys; selects the token.",
+        description="Label of the token that contains the keys.",
     )
     pin: SecretRef = Field(
         description="User PIN of the token, as a reference such as ${env:HSM_PIN}."
@@ -95,8 +95,8 @@ class Pkcs11Settings(ProviderSettings):
 
 # --- encodings ----------------------------------------------------------------------
 
-# DER of the named-curve OIDs in CKA_EC_PARAMS (RFC 5480 section 2.1.1.1, and
-# id-Ed25519 from RFC 8410 section 3 for PKCS#11 3.0 CKK_EC_EDWARDS keys).
+# DER of the named-curve OIDs in CKA_EC_PARAMS: the NIST curves of RFC 5480,
+# and id-Ed25519 of RFC 8410 for PKCS#11 3.0 CKK_EC_EDWARDS keys.
 _EC_PARAMS = {
     KeyAlgorithm.EC_P256: bytes.fromhex("06082a8648ce3d030107"),
     KeyAlgorithm.EC_P384: bytes.fromhex("06052b81040022"),
@@ -107,7 +107,7 @@ _ALGORITHM_OF_EC_PARAMS = {value: key for key, value in _EC_PARAMS.items()}
 # PKCS#11 3.0 also lets CKA_EC_PARAMS name Edwards curves as a PrintableString.
 _ALGORITHM_OF_EC_PARAMS[b"\x13\x0cedwards25519"] = KeyAlgorithm.ED25519
 
-# DER prefix of DigestInfo for each hash (RFC 8017 section 9.2, note 1).
+# DER prefix of the PKCS#1 v1.5 DigestInfo for each hash (RFC 8017, EMSA-PKCS1-v1_5).
 _DIGEST_INFO_PREFIX = {
     HashName.SHA256: bytes.fromhex("3031300d060960864801650304020105000420"),
     HashName.SHA384: bytes.fromhex("3041300d060960864801650304020205000430"),
@@ -121,15 +121,15 @@ _PSS_HASH = {
 
 
 def key_id_for_label(label: str) -> bytes:
-    """The CKA_ID given to a key created under ``label``."""
+    """Derive the CKA_ID of a key created under ``label``."""
     return hashlib.sha256(label.encode("utf-8")).digest()[:16]
 
 
 def decode_ec_point(value: bytes, algorithm: KeyAlgorithm) -> bytes:
     """Return the public point from CKA_EC_POINT in either encoding.
 
-    PKCS#11 says CKA_EC_POINT is a DER OCTET STRING holding the point, but some
-    tokens return the bare point. The curve fixes the bare point's length
+    PKCS#11 specifies CKA_EC_POINT as a DER OCTET STRING containing the point,
+    but some tokens return the bare point. The curve fixes the bare point's length
     (1 + 2 * component size uncompressed, 32 for Ed25519), and the DER form is
     always longer, so the length decides without guessing.
     """
@@ -670,7 +670,7 @@ class Pkcs11Provider(KeyProvider):
     ) -> bytes:
         if not isinstance(key, pkcs11.SignMixin):
             # python-pkcs11 gives a key the sign method only when CKA_SIGN is
-            # true, so the token would answer CKR_KEY_FUNCTION_NOT_PERMITTED.
+            # true, so the token would return CKR_KEY_FUNCTION_NOT_PERMITTED.
             raise KeyUnusableError(
                 f"provider {self.name!r} (pkcs11): key {uri} cannot sign: its "
                 "CKA_SIGN attribute is false (CKR_KEY_FUNCTION_NOT_PERMITTED)"
@@ -686,8 +686,8 @@ class Pkcs11Provider(KeyProvider):
             if scheme.key.is_ec:
                 self._require_mechanism(shared, Mechanism.ECDSA, scheme)
                 raw = self._sign(uri, private, digest, Mechanism.ECDSA)
-                # CKM_ECDSA returns r || s, each as long as the curve's order
-                # (PKCS#11 v2.40 current mechanisms, section 2.3.1).
+                # CKM_ECDSA returns r || s, each as long as the curve's order,
+                # which is 66 bytes per component for P-521.
                 return ecdsa_raw_to_der(raw, scheme.key)
             if scheme.padding is RsaPadding.PSS:
                 self._require_mechanism(shared, Mechanism.RSA_PKCS_PSS, scheme)
@@ -706,8 +706,8 @@ class Pkcs11Provider(KeyProvider):
         with self._calls("signing with", uri) as shared:
             self._require_mechanism(shared, Mechanism.EDDSA, scheme)
             private = self._resolve(shared, uri)
-            # CKM_EDDSA without parameters is pure Ed25519 (PKCS#11 3.0
-            # current mechanisms, section 2.3.14).
+            # CKM_EDDSA without parameters is pure Ed25519 (PKCS#11 3.0), which
+            # the conformance kit verifies with pyca.
             return self._sign(uri, private, message, Mechanism.EDDSA)
 
 

@@ -4,9 +4,9 @@ A PKCS#11 URI names a token and an object in it, for example::
 
     pkcs11:token=CA%20token;object=prod%2Froot-ca;id=%a1%b2;type=private
 
-The path holds ``;``-separated attributes and an optional query after ``?``
-holds ``&``-separated ones. Values are UTF-8 strings with percent-encoding
-(RFC 7512 section 2.3), except ``id``, which is a byte string and is written
+The path contains ``;``-separated attributes, and an optional query after
+``?`` contains ``&``-separated ones. Values are UTF-8 strings with percent-encoding
+(RFC 7512), except ``id``, which is a byte string and is written
 with every byte percent-encoded, as the RFC's examples do. Each attribute may
 appear once. Attributes other than ``token``, ``object``, ``id`` and ``type``
 (vendor ones included) are kept in :attr:`Pkcs11Uri.path_attributes` and
@@ -24,12 +24,12 @@ from pkifed.errors import ProviderPermanentError
 
 SCHEME = "pkcs11"
 
-# Characters RFC 7512 section 2.3 lets appear unencoded besides the RFC 3986
+# Characters the RFC 7512 grammar lets appear unencoded besides the RFC 3986
 # unreserved set: pk11-path-res-avail in the path, pk11-query-res-avail in the
 # query. "/" is reserved in the path, so an object label such as "fed/key" is
 # written "fed%2Fkey".
 _PATH_SAFE = ":[]@!$'()*+,=&"
-_QUERY_SAFE = ":[]@!$'()*+,=/?|"
+_QUERY_SAFE = ":[]@!$'()*+,=/?"
 _UNRESERVED = r"A-Za-z0-9\-._~"
 _PATH_VALUE = re.compile(
     rf"^(?:[{_UNRESERVED}{re.escape(_PATH_SAFE)}]|%[0-9A-Fa-f]{{2}})*$"
@@ -39,7 +39,7 @@ _QUERY_VALUE = re.compile(
 )
 _ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
-# Object classes named by the "type" attribute (RFC 7512 section 2.3).
+# Object classes named by the "type" attribute of RFC 7512.
 OBJECT_TYPES = frozenset({"public", "private", "cert", "secret-key", "data"})
 
 
@@ -106,7 +106,7 @@ def _split_attributes(
                 "name=value"
             )
         if name in seen:
-            # RFC 7512 section 2.3: an attribute must not appear more than once.
+            # A repeated attribute would be ambiguous, so it is rejected.
             raise Pkcs11UriError(f"PKCS#11 URI {text!r} repeats attribute {name!r}")
         if not pattern.match(value):
             raise Pkcs11UriError(

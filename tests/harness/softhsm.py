@@ -2,9 +2,9 @@
 
 SoftHSM2 reads ``SOFTHSM2_CONF`` when the library is initialised, and it
 lists only the tokens that existed at that moment (checked with SoftHSM 2.6.1).
-python-pkcs11 keeps one initialised library per path for the whole process,
-so a test module creates every token it needs in one configuration first and
-then calls :meth:`SoftHsm.activate`, which sets ``SOFTHSM2_CONF`` and
+python-pkcs11 keeps one initialised library per path for the whole process.
+So a test module first creates every token it needs in one configuration and
+then calls :meth:`SoftHsm.activate`. That sets ``SOFTHSM2_CONF`` and
 re-initialises the library if this process loaded it before. Re-initialising
 invalidates every open session, so providers from an earlier module must be
 closed by then, which module-scoped fixtures do.

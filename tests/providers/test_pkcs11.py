@@ -85,7 +85,7 @@ def open_direct(token: SoftHsmToken) -> pkcs11.Session:
     """A session of this process on ``token``, outside the provider.
 
     PKCS#11 login state is shared by every session of the application, so
-    while a provider is logged in this session sees private objects too.
+    while a provider is logged in this session can read private objects too.
     """
     library = pkcs11.lib(str(token.module))
     return library.get_token(token_label=token.label).open(rw=True)
