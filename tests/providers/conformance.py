@@ -71,6 +71,9 @@ class ProviderHarness:
     faults: FaultInjector | None = None
     # Extra schemes beyond each algorithm's default that the provider signs with.
     extra_schemes: list[SignatureScheme] = field(default_factory=list)
+    # RSA paddings that one RSA key from the provider signs with. Services that
+    # bind the padding to the key, such as Cloud KMS, list only that one.
+    rsa_paddings: tuple[RsaPadding, ...] = (RsaPadding.PKCS1V15, RsaPadding.PSS)
 
 
 def unique_name(prefix: str = "conf") -> str:
@@ -141,8 +144,8 @@ def schemes_for(harness: ProviderHarness) -> list[SignatureScheme]:
     schemes: list[SignatureScheme] = []
     for algorithm in harness.algorithms:
         if algorithm.is_rsa:
-            schemes.append(SignatureScheme(algorithm, HashName.SHA256, RsaPadding.PKCS1V15))
-            schemes.append(SignatureScheme(algorithm, HashName.SHA256, RsaPadding.PSS))
+            for rsa_padding in harness.rsa_paddings:
+                schemes.append(SignatureScheme(algorithm, HashName.SHA256, rsa_padding))
         else:
             schemes.append(SignatureScheme.default_for(algorithm))
     schemes.extend(harness.extra_schemes)
@@ -275,6 +278,8 @@ class ProviderConformance:
         rsa_algorithms = [a for a in harness.algorithms if a.is_rsa]
         if not rsa_algorithms:
             pytest.skip("the harness offers no RSA key")
+        if RsaPadding.PSS not in harness.rsa_paddings:
+            pytest.skip("the harness's RSA keys do not sign RSA-PSS")
         info = self._key(harness, rsa_algorithms[0])
         scheme = SignatureScheme(rsa_algorithms[0], HashName.SHA256, RsaPadding.PSS)
         certificate = self_signed(harness.provider.private_key(info.uri), scheme)
