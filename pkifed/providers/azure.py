@@ -105,12 +105,12 @@ _SUPPORTED = frozenset(
 _HSM_KEY_TYPES = frozenset({"EC-HSM", "RSA-HSM"})
 
 # The placeholder bearer token the loopback credential sends when no
-# local_token is configured; the local fake accepts any token by default.
+# local_token is configured. The local fake accepts any token by default.
 _LOCAL_PLACEHOLDER = "pkifed-local-static"
 
 
 def is_loopback_url(url: str) -> bool:
-    """Whether ``url``'s host is localhost or a loopback IP address."""
+    """Return whether ``url``'s host is localhost or a loopback IP address."""
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -121,7 +121,7 @@ def is_loopback_url(url: str) -> bool:
 
 
 def vault_label(vault_url: str) -> str:
-    """The ``vault=`` value of a key URI for the vault at ``vault_url``."""
+    """Return the ``vault=`` value of key URIs for the vault at ``vault_url``."""
     split = urlsplit(vault_url)
     host = (split.hostname or "").lower()
     for suffix in _VAULT_SUFFIXES:
@@ -321,9 +321,9 @@ def map_azure_error(
 
     prefix = f"provider {provider!r}: {action} {uri} failed"
     if isinstance(error, ServiceRequestError | ServiceResponseError):
-        # No answer, a reset connection or a timeout: the request may succeed later.
+        # A refused or reset connection, or a timeout, may succeed later.
         return ProviderTemporaryError(
-            f"{prefix}: {type(error).__name__}; the vault did not answer"
+            f"{prefix}: {type(error).__name__}, no response from the vault"
         )
     if isinstance(error, ClientAuthenticationError):
         # Token acquisition errors from azure-identity land here too; their text
@@ -469,7 +469,7 @@ class AzureKeyVaultProvider(KeyProvider):
     # --- naming --------------------------------------------------------------
 
     def azure_name(self, key_name: str) -> str:
-        """The Key Vault key name for a federation key name."""
+        """Return the Key Vault key name for a federation key name."""
         name = f"{self.context.federation}-{key_name}"
         if not _KEY_NAME.match(name):
             raise ProviderPermanentError(
@@ -578,7 +578,7 @@ class AzureKeyVaultProvider(KeyProvider):
             key_name = tags.get(KEY_NAME_TAG)
             if tags.get(FEDERATION_TAG) != self.context.federation or not key_name:
                 continue
-            if properties.name != self.azure_name(key_name):
+            if properties.name != f"{self.context.federation}-{key_name}":
                 continue
             info = self.find_key(key_name)
             if info is not None:
@@ -636,10 +636,10 @@ class AzureKeyVaultProvider(KeyProvider):
         """Return the oldest version of ``key``, which pkifed pins.
 
         A key pkifed created has one version unless a create race or a manual
-        rotation added more; pinning the oldest keeps every process on the key
+        rotation added more. Pinning the oldest keeps every process on the key
         its certificates were issued for. Key Vault records creation times in
         whole seconds, so versions created in the same second are ordered by
-        version id: every process still picks the same one.
+        version id, and every process still picks the same one.
         """
         name = key.name
         uri = self._uri(name, None)
@@ -774,7 +774,7 @@ def _jwk_integer(key: KeyVaultKey, member: str, uri: str) -> int:
 
 
 def _jwa_algorithm(scheme: SignatureScheme) -> str:
-    """The JWA name (RFC 7518 section 3.1) Key Vault uses for ``scheme``.
+    """Return the JWA name (RFC 7518 section 3.1) Key Vault uses for ``scheme``.
 
     For PS* Key Vault follows RFC 7518 section 3.5: MGF1 with the same hash and
     a salt as long as the hash output, which is pkifed's only PSS salt.

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-import pytest
-
 from pkifed.providers.localservices.azure_keyvault import (
     LoopbackTls,
     generate_loopback_tls,
@@ -31,9 +29,3 @@ def client_context(tls: LoopbackTls) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(tls.ca_bundle))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
-
-
-@pytest.fixture(scope="module")
-def module_tls(tmp_path_factory: pytest.TempPathFactory) -> LoopbackTls:
-    """TLS material shared by the tests of one module."""
-    return loopback_tls(tmp_path_factory.mktemp("tls"))

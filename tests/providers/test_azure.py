@@ -8,14 +8,18 @@ CA, paging and Key Vault's JSON errors.
 from __future__ import annotations
 
 import base64
+import http.client
 import logging
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pydantic import ValidationError
 
@@ -42,17 +46,25 @@ from pkifed.providers.azure import (
     parse_key_uri,
     vault_label,
 )
-from pkifed.providers.base import KeyState, ProtectionLevel, ProviderContext
+from pkifed.providers.base import (
+    KeyState,
+    ProtectionLevel,
+    ProviderContext,
+    RemoteECPrivateKey,
+    RemoteRSAPrivateKey,
+)
 from pkifed.providers.localservices.azure_keyvault import (
     AzureKeyVaultFake,
     LoopbackTls,
     RecordedRequest,
 )
+from pkifed.providers.registry import PROVIDER_GROUP, load_plugin
 from pkifed.providers.retry import RetrySettings
-from tests.harness.tls import loopback_tls
+from tests.harness.tls import client_context, loopback_tls
 from tests.providers.conformance import (
     ProviderConformance,
     ProviderHarness,
+    sign_arguments,
     unique_name,
     verify_offline,
 )
@@ -71,6 +83,27 @@ _CURVES = {
     KeyAlgorithm.EC_P384: "P-384",
     KeyAlgorithm.EC_P521: "P-521",
 }
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Reject and record any connection that leaves 127.0.0.1.
+
+    This proves that no credential reaches a metadata address such as
+    169.254.169.254 or an identity provider such as login.microsoftonline.com.
+    """
+    outside: list[object] = []
+    connect = socket.socket.connect
+
+    def checked_connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1"):
+            outside.append(address)
+            raise ConnectionRefusedError(f"test blocks {address}")
+        connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", checked_connect)
+    yield outside
+    assert outside == []
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +217,7 @@ def test_es512_raw_signature_converts(
     der = provider.sign_digest(info.uri, scheme, digest)
     public = provider.public_key(info.uri)
     (request,) = sign_requests(vault, parse_key_uri(info.uri).name)
-    raw = decode(request.answer["value"])
+    raw = decode(request.response_body["value"])
 
     assert request.body["alg"] == "ES512"
     assert len(raw) == 132
@@ -217,18 +250,13 @@ def test_sign_sends_digest_only(
     message = b"to be signed " * 1000
     signer = provider.private_key(info.uri)
 
-    if algorithm.is_ec:
-        signature = signer.sign(message, ec.ECDSA(hash_name.algorithm()))  # type: ignore[call-arg]
+    if isinstance(signer, RemoteECPrivateKey):
+        signature = signer.sign(message, ec.ECDSA(hash_name.algorithm()))
     else:
-        from tests.providers.conformance import sign_arguments
-
+        assert isinstance(signer, RemoteRSAPrivateKey)
         hash_algorithm, extra = sign_arguments(scheme)
-        pad = extra.get("rsa_padding")
-        if pad is None:
-            from cryptography.hazmat.primitives.asymmetric import padding
-
-            pad = padding.PKCS1v15()
-        signature = signer.sign(message, pad, hash_algorithm)  # type: ignore[call-arg]
+        rsa_padding_object = extra.get("rsa_padding", padding.PKCS1v15())
+        signature = signer.sign(message, rsa_padding_object, hash_algorithm)
     (request,) = sign_requests(vault, parse_key_uri(info.uri).name)
 
     assert request.body["alg"] == expected_alg
@@ -454,7 +482,8 @@ def test_challenge_header_format(vault: AzureKeyVaultFake) -> None:
     status, headers, body = vault.handle("GET", "/keys?api-version=7.6", {}, b"")
 
     assert status == 401
-    assert headers["WWW-Authenticate"].startswith('Bearer authorization="https://')
+    # The authority is the fake itself, so no client is sent to a real one.
+    assert headers["WWW-Authenticate"].startswith(f'Bearer authorization="{vault.url}/')
     assert 'resource="https://vault.azure.net"' in headers["WWW-Authenticate"]
     assert body["error"]["code"] == "Unauthorized"
 
@@ -563,6 +592,25 @@ def test_unsafe_switch_warns(
     assert warnings
 
 
+def test_loopback_certificate_verifies(
+    vault: AzureKeyVaultFake, tls: LoopbackTls
+) -> None:
+    # Stdlib hostname checking against the IP SAN, as any other client does it.
+    port = int(vault.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=client_context(tls), timeout=5
+    )
+    try:
+        connection.request("GET", "/keys?api-version=7.6")
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+
+    assert response.status == 401
+    assert response.getheader("WWW-Authenticate") is not None
+
+
 def test_untrusted_certificate_fails(
     vault: AzureKeyVaultFake, token_file: Path, tmp_path: Path
 ) -> None:
@@ -574,6 +622,25 @@ def test_untrusted_certificate_fails(
             provider.find_key(unique_name())
     finally:
         provider.close()
+
+
+# --- packaging --------------------------------------------------------------
+
+
+def test_entry_point_loads_provider() -> None:
+    assert load_plugin(PROVIDER_GROUP, "azure-keyvault") is AzureKeyVaultProvider
+
+
+def test_import_leaves_sdk_unloaded() -> None:
+    code = (
+        "import sys, pkifed.providers.azure; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'azure'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert result.stdout.strip() == "[]"
 
 
 # --- transport faults ---------------------------------------------------------
@@ -592,7 +659,7 @@ def test_connection_refused_temporary(tls: LoopbackTls, token_file: Path) -> Non
     finally:
         provider.close()
 
-    assert "did not answer" in str(raised.value)
+    assert "no response from the vault" in str(raised.value)
 
 
 def test_read_timeout_temporary(vault: AzureKeyVaultFake, token_file: Path) -> None:
@@ -626,7 +693,7 @@ def test_wrong_digest_length_rejected(
     body = b'{"alg": "ES256", "value": "AAAA"}'
     target = f"/keys/{name}/{version}/sign?api-version=7.6"
 
-    status, _, answer = vault.handle("POST", target, headers, body)
+    status, _, response_body = vault.handle("POST", target, headers, body)
 
     assert status == 400
-    assert "32 bytes" in answer["error"]["message"]
+    assert "32 bytes" in response_body["error"]["message"]

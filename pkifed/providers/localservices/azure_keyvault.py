@@ -269,7 +269,7 @@ class _Key:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request the fake received, with the status it answered."""
+    """One request the fake received, with the response it sent."""
 
     method: str
     path: str
@@ -277,11 +277,11 @@ class RecordedRequest:
     authorized: bool
     body: Any
     status: int
-    answer: Any
+    response_body: Any
 
 
 class ServiceError(Exception):
-    """An error answer in Key Vault's JSON format."""
+    """An error response in Key Vault's JSON format."""
 
     def __init__(
         self,
@@ -420,17 +420,17 @@ class AzureKeyVaultFake:
     # --- fault injection (tests.providers.conformance.FaultInjector) ---------
 
     def throttle(self, count: int) -> None:
-        """Answer the next ``count`` sign requests with 429 and Retry-After."""
+        """Respond to the next ``count`` sign requests with 429 and Retry-After."""
         with self._lock:
             self._throttle_count = count
 
     def fail(self, count: int) -> None:
-        """Answer the next ``count`` sign requests with 500."""
+        """Respond to the next ``count`` sign requests with 500."""
         with self._lock:
             self._fail_count = count
 
     def delay(self, seconds: float) -> None:
-        """Wait ``seconds`` before answering every following request."""
+        """Wait ``seconds`` before responding to every following request."""
         with self._lock:
             self._delay = seconds
 
@@ -487,28 +487,36 @@ class AzureKeyVaultFake:
     def handle(
         self, method: str, target: str, headers: dict[str, str], raw_body: bytes
     ) -> tuple[int, dict[str, str], Any]:
-        """Answer one request: status, extra headers and a JSON-serialisable body."""
+        """Handle one request and return its status, extra headers and JSON body."""
         split = urlsplit(target)
         query = parse_qs(split.query)
         authorized = self._authorized(headers.get("authorization", ""))
         body: Any = None
         try:
             body = _parse_body(raw_body)
-            status, extra, answer = self._dispatch(
+            status, extra, response_body = self._dispatch(
                 method, split.path, query, headers, body, authorized
             )
         except ServiceError as error:
-            status, extra, answer = error.status, error.headers, error.body()
+            logger.debug(
+                "Key Vault fake: %s %s failed with %d %s: %s",
+                method,
+                split.path,
+                error.status,
+                error.code,
+                error.message,
+            )
+            status, extra, response_body = error.status, error.headers, error.body()
         with self._lock:
             delay = self._delay
             self._requests.append(
                 RecordedRequest(
-                    method, split.path, query, authorized, body, status, answer
+                    method, split.path, query, authorized, body, status, response_body
                 )
             )
         if delay:
             time.sleep(delay)
-        return status, extra, answer
+        return status, extra, response_body
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
@@ -517,9 +525,9 @@ class AzureKeyVaultFake:
         return self._expected_token is None or token.strip() == self._expected_token
 
     def _challenge(self) -> ServiceError:
-        # Key Vault answers an unauthenticated request with 401 and a Bearer
-        # challenge naming the authority (with the tenant as its path) and the
-        # resource; clients derive the token scope "<resource>/.default" from it.
+        # Key Vault rejects an unauthenticated request with 401 and a Bearer
+        # challenge that names the authority, with the tenant as its path, and the
+        # resource. Clients request a token for the scope "<resource>/.default".
         authority = self._authority or f"{self.url}/{self._tenant_id}"
         header = f'Bearer authorization="{authority}", resource="{VAULT_RESOURCE}"'
         return ServiceError(
@@ -592,7 +600,7 @@ class AzureKeyVaultFake:
             raise _key_not_found(f"{name}/{version}")
         return found
 
-    def _create(self, name: str, body: dict[str, Any]) -> _KeyVersion:
+    def _check_create(self, name: str, kty: str) -> _Key | None:
         if not _KEY_NAME.match(name):
             raise ServiceError(
                 400,
@@ -600,7 +608,6 @@ class AzureKeyVaultFake:
                 "The request URI contains an invalid name: "
                 f"{name}. Key names are 1 to 127 characters of 0-9, a-z, A-Z and -.",
             )
-        kty = str(body.get("kty", ""))
         existing = self._keys.get(name)
         if existing is not None and existing.deleted_date is not None:
             raise ServiceError(
@@ -613,13 +620,19 @@ class AzureKeyVaultFake:
             )
         if existing is not None and existing.kty != kty:
             # NOTE: the real service may accept a new version of another key
-            # type; the fake keeps one type per name to catch pkifed mixing them.
+            # type. The fake keeps one type per name to catch pkifed mixing them.
             raise ServiceError(
                 400,
                 "BadParameter",
                 f"Key {name} is of type {existing.kty}, not {kty}.",
             )
+        return existing
+
+    def _create(self, name: str, body: dict[str, Any]) -> _KeyVersion:
+        kty = str(body.get("kty", ""))
+        existing = self._check_create(name, kty)
         private_key = _generate(kty, body)
+
         now = int(self._clock())
         attributes = body.get("attributes") or {}
         version = _KeyVersion(
@@ -636,6 +649,7 @@ class AzureKeyVaultFake:
         if existing is None:
             existing = self._keys[name] = _Key(kty=kty)
         existing.versions.append(version)
+
         return version
 
     def _update(self, name: str, version: str, body: dict[str, Any]) -> _KeyVersion:
@@ -848,7 +862,7 @@ class _TlsServer(ThreadingHTTPServer):
         # broken client cannot stall the accept loop.
         # http.server writes the headers and the body separately; without
         # TCP_NODELAY, Nagle's algorithm and delayed ACKs add about 40 ms to
-        # every keep-alive answer.
+        # every keep-alive response_body.
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             connection = self._context.wrap_socket(request, server_side=True)
@@ -871,14 +885,16 @@ def _handler_for(fake: AzureKeyVaultFake) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "pkifed-keyvault-fake"
 
-        def _answer(self) -> None:
+        def _respond(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw_body = self.rfile.read(length) if length else b""
             headers = {name.lower(): value for name, value in self.headers.items()}
-            status, extra, answer = fake.handle(
+            status, extra, response_body = fake.handle(
                 self.command, self.path, headers, raw_body
             )
-            payload = b"" if answer is None else json.dumps(answer).encode()
+            payload = (
+                b"" if response_body is None else json.dumps(response_body).encode()
+            )
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(payload)))
@@ -888,7 +904,7 @@ def _handler_for(fake: AzureKeyVaultFake) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _respond
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("%s - %s", self.address_string(), format % args)
