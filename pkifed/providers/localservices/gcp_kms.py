@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -1033,10 +1034,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stopped = threading.Event()
+    # A supervisor stops the fake with SIGTERM, a terminal with Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
     service = FakeCloudKms(arguments.host, arguments.port).start()
     print(f"fake Cloud KMS endpoint: {service.endpoint}", flush=True)
     try:
-        threading.Event().wait()
+        stopped.wait()
     except KeyboardInterrupt:
         pass
     finally:
