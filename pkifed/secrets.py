@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler
-from pydantic_core import core_schema
+from pydantic_core import PydanticCustomError, core_schema
 
 from pkifed.errors import SecretError
+
+# The pydantic error type of an invalid reference, whose input is never shown.
+SECRET_ERROR_TYPE = "secret_reference"
 
 _REFERENCE = re.compile(r"^\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$")
 
@@ -55,10 +58,11 @@ class SecretRef:
         match = _REFERENCE.match(reference.strip())
         if match is None:
             # The value may itself be a secret typed in by mistake, so the message
-            # never repeats it.
-            raise ValueError(
+            # never repeats it, and the error type tells the loader not to either.
+            raise PydanticCustomError(
+                SECRET_ERROR_TYPE,
                 "must be a secret reference such as ${env:NAME} or ${file:PATH}; "
-                "literal secrets are not accepted in configuration files"
+                "literal secrets are not accepted in configuration files",
             )
         self.kind = match["kind"]
         self.target = match["target"]
@@ -123,7 +127,9 @@ class SecretRef:
             if isinstance(value, SecretRef):
                 return value
             if not isinstance(value, str):
-                raise ValueError("must be a string such as ${env:NAME}")
+                raise PydanticCustomError(
+                    SECRET_ERROR_TYPE, "must be a string such as ${env:NAME}"
+                )
             context = info.context or {}
             return SecretRef(value, context.get("base_dir"))
 

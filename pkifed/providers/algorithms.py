@@ -149,8 +149,7 @@ class HashName(StrEnum):
             return cls(algorithm.name.replace("-", ""))
         except ValueError:
             raise UnsupportedAlgorithmError(
-                f"hash {algorithm.name} is not supported; use sha256, sha384 or "
-                "sha512"
+                f"hash {algorithm.name} is not supported; use sha256, sha384 or sha512"
             ) from None
 
 
@@ -185,8 +184,7 @@ class SignatureScheme:
         if self.key.signs_message:
             if self.hash is not None or self.padding is not None:
                 raise UnsupportedAlgorithmError(
-                    f"{self.key} signs the message itself and takes no hash or "
-                    "padding"
+                    f"{self.key} signs the message itself and takes no hash or padding"
                 )
             return
         if self.hash is None:

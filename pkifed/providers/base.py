@@ -87,7 +87,8 @@ class ProviderStatus:
 class ProviderSettings(BaseModel):
     """Settings shared by every provider type; each type extends this model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A secret typed in literally by mistake must not be echoed by pydantic.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     type: str = Field(description="Provider type, such as pkcs11 or aws-kms.")
     retry: RetrySettings = Field(
@@ -232,7 +233,9 @@ class KeyProvider(abc.ABC):
         self.require_algorithm(algorithm)
         existing = self.find_key(key_name)
         if existing is None:
-            logger.info("provider %s: creating %s key %s", self.name, algorithm, key_name)
+            logger.info(
+                "provider %s: creating %s key %s", self.name, algorithm, key_name
+            )
             return self.create_key(key_name, algorithm)
         if existing.algorithm != algorithm:
             raise UnsupportedAlgorithmError(
@@ -390,7 +393,9 @@ class RemoteECPrivateKey(_RemoteKeyMixin, ec.EllipticCurvePrivateKey):
 class RemoteRSAPrivateKey(_RemoteKeyMixin, rsa.RSAPrivateKey):
     """An RSA key held by a provider, usable wherever pyca takes a private key."""
 
-    def __init__(self, provider: KeyProvider, uri: str, public: rsa.RSAPublicKey) -> None:
+    def __init__(
+        self, provider: KeyProvider, uri: str, public: rsa.RSAPublicKey
+    ) -> None:
         self._provider = provider
         self._uri = uri
         self._public = public
@@ -410,7 +415,9 @@ class RemoteRSAPrivateKey(_RemoteKeyMixin, rsa.RSAPrivateKey):
         if not isinstance(algorithm, hashes.HashAlgorithm):
             raise UnsupportedAlgorithmError("prehashed input is not accepted")
         hash_name = HashName.of(algorithm)
-        scheme = SignatureScheme(self._algorithm, hash_name, _rsa_padding(padding_, hash_name))
+        scheme = SignatureScheme(
+            self._algorithm, hash_name, _rsa_padding(padding_, hash_name)
+        )
         digest = _hash_locally(bytes(data), algorithm)
         return self._provider.sign_digest(self._uri, scheme, digest)
 

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 class TargetSettings(BaseModel):
     """Settings shared by every target type; each type extends this model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A secret typed in literally by mistake must not be echoed by pydantic.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     type: str = Field(description="Target type, such as file or s3.")
     retry: RetrySettings = Field(
