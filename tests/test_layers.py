@@ -22,6 +22,7 @@ LAYERS = {
     "pkifed.config": 2,
     "pkifed.federation": 3,
     "pkifed.sync": 4,
+    "pkifed.__main__": 4,
 }
 
 

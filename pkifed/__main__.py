@@ -1,0 +1,5 @@
+"""Run the command line with ``python -m pkifed``."""
+
+from pkifed.sync.cli import main
+
+main()

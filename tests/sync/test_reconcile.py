@@ -1,0 +1,390 @@
+"""The reconciler on real files: convergence, idempotence, drift and key faults.
+
+These tests use the local keystore and the file target, so they run anywhere;
+the SoftHSM2 path is covered end to end in test_cli.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import verification
+from cryptography.x509.oid import NameOID
+
+from pkifed.config.loader import load_config
+from pkifed.federation.runtime import Runtime
+from pkifed.federation.store import Store
+from pkifed.providers.algorithms import KeyAlgorithm
+from pkifed.sync.plan import ActionKind, Plan
+from pkifed.sync.reconcile import Reconciler, utc_now
+
+PASSPHRASE = "reconcile-test-passphrase"
+
+
+def federation_document() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "name": "recon",
+        "providers": {
+            "disk": {
+                "type": "local",
+                "path": "keys",
+                "passphrase": "${env:PKIFED_RECONCILE_PASSPHRASE}",
+            }
+        },
+        "authorities": {
+            "root": {
+                "provider": "disk",
+                "key": "ec-p384",
+                "subject": "CN=Reconcile Root,O=Example",
+                "validity": "20y",
+                "path_length": 1,
+            },
+            "issuing": {
+                "provider": "disk",
+                "parent": "root",
+                "key": "ec-p256",
+                "subject": "CN=Reconcile Issuing,O=Example",
+                "validity": "5y",
+                "renew_before": "1y",
+                "path_length": 0,
+                "name_constraints": {"permitted": ["dns:example.com"]},
+                "publish": ["out"],
+            },
+        },
+        "targets": {"out": {"type": "file", "path": "out"}},
+        "bundles": {"trust": {"authorities": ["root"], "targets": ["out"]}},
+    }
+
+
+@dataclass
+class Federation:
+    """A federation file in a temporary directory, reloaded for every pass."""
+
+    directory: Path
+    document: dict[str, Any]
+    now: datetime.datetime
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "federation.yaml"
+
+    def save(self) -> None:
+        self.path.write_text(yaml.safe_dump(self.document), encoding="utf-8")
+
+    def run(self, apply: bool) -> tuple[Plan, list[str]]:
+        """Plan, and apply when asked; return the plan and each action's outcome."""
+        self.save()
+        config = load_config(self.path)
+        store = Store(config.state_url)
+        store.initialise()
+        outcomes: list[str] = []
+        try:
+            with Runtime(config) as runtime:
+                reconciler = Reconciler(config, store, runtime, clock=lambda: self.now)
+                plan = reconciler.plan()
+                if apply:
+                    result = reconciler.apply(plan)
+                    outcomes = [o.outcome for o in result.outcomes]
+        finally:
+            store.close()
+        return plan, outcomes
+
+    def counts(self) -> dict[str, int]:
+        config = load_config(self.path)
+        store = Store(config.state_url)
+        try:
+            return store.count_rows()
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Federation]:
+    monkeypatch.setenv("PKIFED_RECONCILE_PASSPHRASE", PASSPHRASE)
+    yield Federation(tmp_path, federation_document(), utc_now())
+
+
+def kinds(plan: Plan) -> list[str]:
+    return [str(action.kind) for action in plan.actions]
+
+
+def test_apply_converges(federation: Federation) -> None:
+    plan, outcomes = federation.run(apply=True)
+    second, _ = federation.run(apply=False)
+
+    assert kinds(plan).count("create-key") == 2
+    assert kinds(plan).count("issue-certificate") == 2
+    assert kinds(plan).count("publish") == 3
+    assert set(outcomes) == {"done"}
+    assert second.empty
+    assert second.problems == ()
+
+
+def test_second_apply_writes_nothing(federation: Federation) -> None:
+    federation.run(apply=True)
+    before = federation.counts()
+    published = {
+        p: p.stat().st_mtime_ns for p in (federation.directory / "out").iterdir()
+    }
+    keys = {p: p.stat().st_mtime_ns for p in (federation.directory / "keys").rglob("*")}
+
+    plan, outcomes = federation.run(apply=True)
+
+    assert plan.empty
+    assert outcomes == []
+    assert federation.counts() == before
+    assert {
+        p: p.stat().st_mtime_ns for p in (federation.directory / "out").iterdir()
+    } == (published)
+    assert {
+        p: p.stat().st_mtime_ns for p in (federation.directory / "keys").rglob("*")
+    } == (keys)
+
+
+def load_pem_chain(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def test_chain_verifies_with_pyca(federation: Federation) -> None:
+    federation.run(apply=True)
+    out = federation.directory / "out"
+    roots = load_pem_chain(out / "trust.pem")
+    chain = load_pem_chain(out / "issuing-chain.pem")
+    issuing = chain[0]
+
+    # A leaf signed with the issuing CA's key in the keystore, verified by
+    # pyca's path builder against the published bundle, name constraints included.
+    config = load_config(federation.path)
+    with Runtime(config) as runtime:
+        provider = runtime.provider("disk")
+        key_info = provider.find_key("issuing")
+        assert key_info is not None
+        signer = provider.private_key(key_info.uri)
+        leaf = _leaf(issuing, signer, federation.now, "www.example.com")
+
+    verifier = (
+        verification.PolicyBuilder()
+        .store(verification.Store(roots))
+        .time(federation.now)
+        .build_server_verifier(x509.DNSName("www.example.com"))
+    )
+    built = verifier.verify(leaf, [issuing])
+
+    assert built[-1] == roots[0]
+    assert [c.subject for c in chain] == [issuing.subject, roots[0].subject]
+
+
+def _leaf(
+    issuer: x509.Certificate, signer: Any, now: datetime.datetime, dns_name: str
+) -> x509.Certificate:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                issuer.extensions.get_extension_for_class(
+                    x509.SubjectKeyIdentifier
+                ).value
+            ),
+            False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False
+        )
+        .sign(signer, hashes.SHA256())
+    )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_chain_verifies_with_openssl(federation: Federation) -> None:
+    federation.run(apply=True)
+    out = federation.directory / "out"
+    result = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            str(out / "trust.pem"),
+            str(out / "issuing.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith(": OK")
+
+
+def test_record_key_after_crash(federation: Federation) -> None:
+    # An earlier run created the root's key and died before recording it.
+    federation.save()
+    config = load_config(federation.path)
+    with Runtime(config) as runtime:
+        created = runtime.provider("disk").find_or_create_key(
+            "root", KeyAlgorithm.EC_P384
+        )
+
+    plan, _ = federation.run(apply=True)
+    config = load_config(federation.path)
+    with Runtime(config) as runtime:
+        keys = runtime.provider("disk").list_keys()
+
+    assert kinds(plan)[0] == "record-key"
+    assert [k.uri for k in keys if k.name == "root"] == [created.uri]
+    assert len(keys) == 2
+
+
+def test_drift_repaired(federation: Federation) -> None:
+    federation.run(apply=True)
+    bundle = federation.directory / "out" / "trust.pem"
+    original = bundle.read_bytes()
+    bundle.write_bytes(original + b"tampered\n")
+
+    plan, outcomes = federation.run(apply=True)
+
+    assert [(a.kind, a.object_name) for a in plan.actions] == [
+        (ActionKind.PUBLISH, "trust.pem")
+    ]
+    assert plan.actions[0].reason.startswith("drifted")
+    assert outcomes == ["done"]
+    assert bundle.read_bytes() == original
+
+
+def test_missing_object_republished(federation: Federation) -> None:
+    federation.run(apply=True)
+    (federation.directory / "out" / "issuing-chain.pem").unlink()
+
+    plan, _ = federation.run(apply=True)
+
+    assert [a.reason for a in plan.actions] == ["missing"]
+    assert (federation.directory / "out" / "issuing-chain.pem").exists()
+
+
+def test_disabled_key_reported_not_replaced(federation: Federation) -> None:
+    federation.run(apply=True)
+    key_file = federation.directory / "keys" / "recon" / "issuing.pem"
+    Path(f"{key_file}.disabled").touch()
+
+    plan, outcomes = federation.run(apply=True)
+
+    assert plan.actions == ()
+    assert outcomes == []
+    assert len(plan.problems) == 1
+    assert "disabled" in plan.problems[0].message
+    assert plan.problems[0].object == "authority issuing"
+
+
+def test_deleted_key_reported_not_replaced(federation: Federation) -> None:
+    federation.run(apply=True)
+    (federation.directory / "keys" / "recon" / "root.pem").unlink()
+
+    plan, _ = federation.run(apply=True)
+
+    assert plan.actions == ()
+    assert "no longer exists" in plan.problems[0].message
+    assert not (federation.directory / "keys" / "recon" / "root.pem").exists()
+
+
+def test_profile_change_reissues(federation: Federation) -> None:
+    federation.run(apply=True)
+    federation.document["authorities"]["issuing"]["subject"] = "CN=Renamed,O=Example"
+
+    plan, outcomes = federation.run(apply=True)
+
+    assert kinds(plan) == ["issue-certificate", "publish", "publish"]
+    assert plan.actions[0].reason.startswith("profile changed: subject is")
+    assert set(outcomes) == {"done"}
+
+
+def test_renewal_window_reissues(federation: Federation) -> None:
+    federation.run(apply=True)
+    federation.now += datetime.timedelta(days=365 * 4 + 10)
+
+    plan, _ = federation.run(apply=True)
+    third, _ = federation.run(apply=False)
+
+    assert plan.actions[0].authority == "issuing"
+    assert "within renew_before" in plan.actions[0].reason
+    assert third.empty
+
+
+def test_algorithm_change_rekeys(federation: Federation) -> None:
+    federation.run(apply=True)
+    federation.document["authorities"]["issuing"]["key"] = "ec-p384"
+
+    plan, outcomes = federation.run(apply=True)
+    config = load_config(federation.path)
+    with Runtime(config) as runtime:
+        names = sorted(k.name or "" for k in runtime.provider("disk").list_keys())
+
+    assert kinds(plan)[:2] == ["create-key", "issue-certificate"]
+    assert "algorithm ec-p256 -> ec-p384" in plan.actions[0].reason
+    assert set(outcomes) == {"done"}
+    assert names == ["issuing", "issuing-g2", "root"]
+
+
+def test_parent_signature_change_reissues_child(federation: Federation) -> None:
+    federation.run(apply=True)
+    federation.document["authorities"]["root"]["key"] = "ec-p521"
+
+    plan, outcomes = federation.run(apply=True)
+
+    issued = [
+        a.authority for a in plan.actions if a.kind is ActionKind.ISSUE_CERTIFICATE
+    ]
+    assert issued == ["root", "issuing"]
+    assert set(outcomes) == {"done"}
+
+
+def test_plan_json_format(federation: Federation) -> None:
+    import json
+
+    plan, _ = federation.run(apply=False)
+    document = json.loads(plan.to_json())
+
+    assert document["format_version"] == 1
+    assert document["federation"] == "recon"
+    assert document["generated_at"].endswith("Z")
+    assert document["actions"][0] == {
+        "kind": "create-key",
+        "object": "authority root",
+        "reason": "missing; creating a ec-p384 key in provider disk",
+        "authority": "root",
+        "target": None,
+        "object_name": None,
+    }
+
+
+def test_bundle_identical_on_every_target(federation: Federation) -> None:
+    federation.document["targets"]["mirror"] = {"type": "file", "path": "mirror"}
+    federation.document["bundles"]["trust"]["targets"] = ["out", "mirror"]
+    federation.document["bundles"]["trust"]["authorities"] = ["root", "issuing"]
+    federation.run(apply=True)
+    first = (federation.directory / "out" / "trust.pem").read_bytes()
+    second = (federation.directory / "mirror" / "trust.pem").read_bytes()
+
+    assert first == second
+    assert len(x509.load_pem_x509_certificates(first)) == 2
