@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what pkifed and its tests need on a Debian or Ubuntu machine: the
+# SoftHSM2 package and a virtual environment in .venv with pkifed and its test
+# extras. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+
+need_packages=()
+command -v softhsm2-util >/dev/null 2>&1 || need_packages+=(softhsm2)
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+if [ "${#need_packages[@]}" -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing Debian packages: ${need_packages[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_packages[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_packages[*]} with your package manager" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating the virtual environment .venv"
+  "$python" -m venv .venv
+fi
+extras=${PKIFED_EXTRAS:-test}
+if [ ! -f ".venv/.installed-$extras" ] || [ pyproject.toml -nt ".venv/.installed-$extras" ]; then
+  echo "setup: installing pkifed[$extras] into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+  touch ".venv/.installed-$extras"
+fi
