@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from pkifed.errors import SecretError
 
 # The pydantic error type of an invalid reference, whose input is never shown.
-SECRET_ERROR_TYPE = "secret_reference"
+SECRET_ERROR_TYPE = "secret_reference"  # noqa: S105 - an error type, not a secret.
 
 _REFERENCE = re.compile(r"^\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$")
 

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 echo "== ruff"
-.venv/bin/ruff check pkifed tests bench
-.venv/bin/ruff format --check pkifed tests bench
+.venv/bin/ruff check pkifed tests
+.venv/bin/ruff format --check pkifed tests
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

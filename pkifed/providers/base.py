@@ -433,8 +433,8 @@ def _rsa_padding(padding_: Any, hash_name: HashName) -> RsaPadding:
     salt = padding_._salt_length
     if salt is not padding.PSS.DIGEST_LENGTH and salt != hash_name.digest_size:
         raise UnsupportedAlgorithmError(
-            f"RSA-PSS salt length must equal the digest length ({hash_name.digest_size} "
-            f"bytes for {hash_name})"
+            "RSA-PSS salt length must equal the digest length "
+            f"({hash_name.digest_size} bytes for {hash_name})"
         )
     mgf = padding_.mgf
     if not isinstance(mgf, padding.MGF1) or HashName.of(mgf._algorithm) != hash_name:

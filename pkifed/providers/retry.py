@@ -34,7 +34,8 @@ class RetrySettings(BaseModel):
 
     def delays(self, rng: random.Random | None = None) -> tuple[float, ...]:
         """The sleep before each retry: full jitter over an exponential ceiling."""
-        rng = rng or random.Random()
+        # Jitter only spreads retries out; it needs no cryptographic randomness.
+        rng = rng or random.Random()  # noqa: S311
         ceilings = (
             min(self.max_delay, self.base_delay * 2**attempt)
             for attempt in range(self.attempts - 1)

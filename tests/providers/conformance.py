@@ -113,14 +113,16 @@ def sign_arguments(
     return hash_algorithm, {}
 
 
-def _call_sign(builder_sign: Callable[..., x509.Certificate], key: object,
-               scheme: SignatureScheme) -> x509.Certificate:
+def _call_sign(
+    builder_sign: Callable[..., x509.Certificate], key: object, scheme: SignatureScheme
+) -> x509.Certificate:
     algorithm, extra = sign_arguments(scheme)
     return builder_sign(key, algorithm, **extra)
 
 
-def verify_offline(public_key: PublicKey, signature: bytes, data: bytes,
-                   scheme: SignatureScheme) -> None:
+def verify_offline(
+    public_key: PublicKey, signature: bytes, data: bytes, scheme: SignatureScheme
+) -> None:
     """Verify with pyca and the exported public key; raise InvalidSignature."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         assert scheme.hash is not None

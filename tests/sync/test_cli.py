@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,7 @@ def assert_no_secret(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.fixture(scope="module")
 def quickstart(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Path, dict[str, str]]]:
+) -> tuple[Path, dict[str, str]]:
     """The bundled example in a temporary directory, with a fresh SoftHSM2 token."""
     require_softhsm()
     directory = tmp_path_factory.mktemp("quickstart")
@@ -59,7 +58,7 @@ def quickstart(
     applied = run_pkifed("apply", "-c", "quickstart.yaml", env=env, cwd=directory)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert_no_secret(applied)
-    yield directory, env
+    return directory, env
 
 
 @pytest.mark.softhsm
@@ -106,7 +105,7 @@ def test_quickstart_second_apply(quickstart: tuple[Path, dict[str, str]]) -> Non
 
 @pytest.mark.softhsm
 def test_root_key_in_softhsm(quickstart: tuple[Path, dict[str, str]]) -> None:
-    directory, env = quickstart
+    _, env = quickstart
     # Read the token in a separate process, so this test process never
     # initialises SoftHSM2 with another module's configuration.
     script = (

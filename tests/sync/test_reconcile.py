@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,9 +109,9 @@ class Federation:
 
 
 @pytest.fixture
-def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Federation]:
+def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Federation:
     monkeypatch.setenv("PKIFED_RECONCILE_PASSPHRASE", PASSPHRASE)
-    yield Federation(tmp_path, federation_document(), utc_now())
+    return Federation(tmp_path, federation_document(), utc_now())
 
 
 def kinds(plan: Plan) -> list[str]:
