@@ -167,8 +167,8 @@ _STATES = {
 _PENDING_STATES = frozenset({"PENDING_GENERATION", "PENDING_IMPORT"})
 _LIVE_STATES = frozenset({"ENABLED", "DISABLED", *_PENDING_STATES})
 
-# HSM_SINGLE_TENANT keys live in a Cloud HSM partition dedicated to one
-# customer, which is still an HSM.
+# The ProtectionLevel enum of google-cloud-kms 3.18 documents HSM_SINGLE_TENANT
+# as "performed in a single-tenant HSM", which is still an HSM.
 _PROTECTION_LEVELS = {
     "HSM": ProtectionLevel.HSM,
     "HSM_SINGLE_TENANT": ProtectionLevel.HSM,
@@ -565,12 +565,15 @@ class GcpKmsProvider(KeyProvider):
             return self._wait_for_generation(
                 f"{self._crypto_key_name(key_name)}/cryptoKeyVersions/1"
             )
-        existing = self.find_key(key_name)
-        if existing is None:
+        # The creator may have crashed a moment ago, so the version can still
+        # be PENDING_GENERATION.
+        version = self._resolve_version(self._crypto_key_name(key_name))
+        if version is None:
             raise ProviderPermanentError(
                 f"provider {self.name!r} (gcp-kms): crypto key {key_name} exists but "
                 "has no key version"
             )
+        existing = self._wait_for_generation(str(version.name))
         if existing.algorithm != algorithm:
             raise UnsupportedAlgorithmError(
                 f"provider {self.name!r}: key {existing.uri} is {existing.algorithm}, "

@@ -307,6 +307,22 @@ def test_pending_generation_waited() -> None:
     assert len(states) > 1
 
 
+def test_pending_existing_key_waited() -> None:
+    with FakeCloudKms(pending_generation_seconds=0.2) as slow:
+        creator = make_provider(slow)
+        crashed = make_provider(slow)
+        try:
+            name = unique_name()
+            assert crashed._create_crypto_key(name, KeyAlgorithm.EC_P256)
+            info = creator.find_or_create_key(name, KeyAlgorithm.EC_P256)
+        finally:
+            creator.close()
+            crashed.close()
+
+    assert info.state is KeyState.ENABLED
+    assert info.uri.endswith(f"/cryptoKeys/{name}/cryptoKeyVersions/1")
+
+
 # --- signing and integrity -----------------------------------------------------------
 
 
