@@ -598,12 +598,13 @@ class AzureKeyVaultProvider(KeyProvider):
         parsed = self._parse(uri)
         from azure.keyvault.keys.crypto import SignatureAlgorithm
 
-        algorithm = SignatureAlgorithm(_jwa_algorithm(scheme))
+        jwa_name = _jwa_algorithm(scheme)
+        algorithm = SignatureAlgorithm(jwa_name)
         client = self._crypto_client(parsed.name, parsed.version)
         try:
             result = self._call(
                 lambda: client.sign(algorithm, digest),
-                f"signing ({algorithm}) with",
+                f"signing ({jwa_name}) with",
                 uri,
             )
         except KeyNotFoundError as error:

@@ -526,6 +526,7 @@ def test_errors_hide_token(
         vault.clear()
 
     assert "KeyDisabled" in str(raised.value)
+    assert "signing (ES256) with azurekms:" in str(raised.value)
     assert TOKEN not in str(raised.value)
     assert TOKEN not in caplog.text
     assert "will retry" in caplog.text
