@@ -107,6 +107,9 @@ class _GcpAlgorithm:
 _ALGORITHMS: dict[str, _GcpAlgorithm] = {
     "EC_SIGN_P256_SHA256": _GcpAlgorithm(KeyAlgorithm.EC_P256, HashName.SHA256),
     "EC_SIGN_P384_SHA384": _GcpAlgorithm(KeyAlgorithm.EC_P384, HashName.SHA384),
+    # NOTE: EC_SIGN_ED25519 signs the data field and is tested against the
+    # local fake only; which protection levels the real service offers it at
+    # is not checked here.
     "EC_SIGN_ED25519": _GcpAlgorithm(KeyAlgorithm.ED25519, None),
     "RSA_SIGN_PKCS1_2048_SHA256": _GcpAlgorithm(
         KeyAlgorithm.RSA_2048, HashName.SHA256, RsaPadding.PKCS1V15
