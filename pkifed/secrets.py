@@ -58,7 +58,7 @@ class SecretRef:
         match = _REFERENCE.match(reference.strip())
         if match is None:
             # The value may itself be a secret typed in by mistake, so the message
-            # never repeats it, and the error type tells the loader not to either.
+            # never repeats it, and the loader shows no input for this error type.
             raise PydanticCustomError(
                 SECRET_ERROR_TYPE,
                 "must be a secret reference such as ${env:NAME} or ${file:PATH}; "

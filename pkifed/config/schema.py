@@ -56,7 +56,7 @@ class NameConstraintsConfig(_Model):
 class AuthorityConfig(_Model):
     """One certificate authority: a root, an intermediate or an issuing CA."""
 
-    provider: str = Field(description="Name of the provider that holds the key.")
+    provider: str = Field(description="Name of the provider that stores the key.")
     key: KeyAlgorithm | KeyAdoption = Field(
         description=(
             "Algorithm of a key the federation creates (ec-p256, ec-p384, ec-p521, "

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 class ProtectionLevel(StrEnum):
-    """Where a key's private half is protected, as the provider reports it."""
+    """Protection of a key's private half, as the provider reports it."""
 
     HSM = "hsm"
     SOFTWARE = "software"
@@ -74,7 +74,7 @@ class KeyInfo:
 
 @dataclass(frozen=True)
 class ProviderStatus:
-    """What ``pkifed providers check`` reports for one provider."""
+    """Result of ``pkifed providers check`` for one provider."""
 
     reachable: bool
     identity: str
@@ -99,7 +99,7 @@ class ProviderSettings(BaseModel):
 
 @dataclass
 class ProviderContext:
-    """What a provider learns from the federation around it."""
+    """Facts a provider receives from the federation around it."""
 
     provider_name: str
     federation: str

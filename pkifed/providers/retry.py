@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 class RetrySettings(BaseModel):
-    """How a provider retries temporary errors."""
+    """Retry policy for temporary provider errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,7 +33,7 @@ class RetrySettings(BaseModel):
     )
 
     def delays(self, rng: random.Random | None = None) -> tuple[float, ...]:
-        """The sleep before each retry: full jitter over an exponential ceiling."""
+        """Draw the sleep before each retry: jitter under an exponential ceiling."""
         # Jitter only spreads retries out; it needs no cryptographic randomness.
         rng = rng or random.Random()  # noqa: S311
         ceilings = (

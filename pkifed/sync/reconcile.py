@@ -59,7 +59,7 @@ def utc_now() -> datetime.datetime:
 
 @dataclass(frozen=True)
 class ActionOutcome:
-    """What happened to one action: ``done``, ``failed`` or ``skipped``."""
+    """Result of one action: ``done``, ``failed`` or ``skipped``."""
 
     action: Action
     outcome: str

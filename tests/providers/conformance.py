@@ -44,10 +44,10 @@ class FaultInjector(Protocol):
     """Tells a local service to misbehave for the next requests."""
 
     def throttle(self, count: int) -> None:
-        """Answer the next ``count`` signing requests as throttled."""
+        """Throttle the next ``count`` signing requests."""
 
     def fail(self, count: int) -> None:
-        """Answer the next ``count`` signing requests with a server error (500)."""
+        """Fail the next ``count`` signing requests with a server error (500)."""
 
     def disable_key(self, uri: str) -> None:
         """Disable the key at ``uri`` in the service."""
