@@ -2,9 +2,9 @@
 
 Each key the federation creates carries the alias
 ``alias/pkifed/<federation>/<key name>`` and two tags, ``pkifed:federation`` and
-``pkifed:key-name``, set atomically by CreateKey. The alias is how keys are found;
-the tags let a restarted process find a key whose CreateAlias never ran, so a
-crash between the two calls never leads to a second key.
+``pkifed:key-name``, set atomically by CreateKey. Keys are found by their alias.
+The tags let a restarted process find a key whose CreateAlias never ran, so a
+crash between the two calls does not lead to a second key.
 
 Key URIs follow step-ca's ``awskms`` form, ``awskms:key-id=<key id>;region=<region>``.
 Only digests are sent (``MessageType=DIGEST``): the Sign API caps ``RAW`` messages
@@ -105,10 +105,10 @@ _SUPPORTED = frozenset(
     }
 )
 
-# Every KeyState value in the KMS API reference. Only Enabled keys can sign; the
-# others that are not deletions are reported as disabled because pkifed's states
-# have no finer distinction (PendingImport has no key material yet, Unavailable
-# is a disconnected custom key store, Creating and Updating are transient).
+# Every KeyState value in the KMS API reference. Only Enabled keys can sign, and
+# pkifed's states have no finer distinction, so every other state except the
+# deletions is reported as disabled. PendingImport has no key material yet,
+# Unavailable is a disconnected custom key store, Creating and Updating pass.
 _KEY_STATES = {
     "Enabled": KeyState.ENABLED,
     "Disabled": KeyState.DISABLED,
@@ -152,7 +152,7 @@ _ERRORS: dict[str, type[ProviderError]] = {
     "KMSInvalidStateException": KeyUnusableError,
     "UnsupportedOperationException": UnsupportedAlgorithmError,
     "InvalidKeyUsageException": UnsupportedAlgorithmError,
-    # Transport failures raised by botocore before any answer arrives.
+    # Transport failures raised by botocore before any response arrives.
     "EndpointConnectionError": ProviderTemporaryError,
     "ConnectTimeoutError": ProviderTemporaryError,
     "ReadTimeoutError": ProviderTemporaryError,
@@ -269,7 +269,7 @@ def redact_credentials(text: str) -> str:
 
 
 def signing_algorithm(scheme: SignatureScheme) -> SigningAlgorithmSpecType:
-    """The KMS SigningAlgorithm for a scheme, such as ``ECDSA_SHA_384``."""
+    """Return the KMS SigningAlgorithm for a scheme, such as ``ECDSA_SHA_384``."""
     if scheme.key.family == "ml-dsa":
         return "ML_DSA_SHAKE_256"
     if scheme.key is KeyAlgorithm.ED25519:
@@ -340,7 +340,7 @@ def _error_details(error: Exception) -> tuple[str, str, int | None, float | None
 
 
 class AwsKmsProvider(KeyProvider):
-    """Keys in AWS KMS, found by alias and signed with through the Sign API."""
+    """Keys in AWS KMS, found by alias, that sign through the Sign API."""
 
     type_name: ClassVar[str] = "aws-kms"
     settings_model: ClassVar[type[ProviderSettings]] = AwsKmsSettings
@@ -424,7 +424,7 @@ class AwsKmsProvider(KeyProvider):
         return f"alias/pkifed/{self.context.federation}/"
 
     def alias_name(self, key_name: str) -> str:
-        """The alias that names ``key_name``'s key.
+        """Build the alias that names ``key_name``'s key.
 
         Raises:
             ProviderPermanentError: the key name cannot be used in a KMS alias.
@@ -539,7 +539,7 @@ class AwsKmsProvider(KeyProvider):
         return info
 
     def _lookup(self, key_name: str) -> tuple[KeyInfo | None, bool]:
-        """Find ``key_name``'s key by alias, else by tags; say whether it is aliased."""
+        """Find ``key_name``'s key by alias, else by tags; flag whether it has one."""
         metadata = self._describe_alias(self.alias_name(key_name))
         if metadata is not None:
             return self._info(metadata, key_name), True
@@ -612,11 +612,12 @@ class AwsKmsProvider(KeyProvider):
             tags = call_with_retry(
                 read_tags,
                 self.settings.retry,
-                description=f"provider {self.name}: tags",
+                description=f"provider {self.name}: reading the tags of {uri}",
             )
-        except (AccessDeniedError, KeyNotFoundError):
+        except (AccessDeniedError, KeyNotFoundError) as error:
             # Keys of other teams may deny pkifed, and a key may be deleted between
-            # ListKeys and this call; neither can be the key sought.
+            # ListKeys and this call. Neither can be the key sought.
+            logger.debug("provider %s: skipping key %s: %s", self.name, uri, error)
             return False
         return (
             tags.get(TAG_FEDERATION) == self.context.federation
@@ -657,9 +658,9 @@ class AwsKmsProvider(KeyProvider):
     ) -> KeyMetadataTypeDef:
         """Create a tagged key without its alias (the first of the two steps).
 
-        CreateKey is not retried: a lost answer would make a retry create a
-        second key, while a key created without an answer is found later by
-        its tags.
+        CreateKey is not retried, because after a lost response a retry would
+        create a second key. A key whose response was lost is found later by its
+        tags.
         """
         federation = self.context.federation
         with self._errors("CreateKey", self.alias_name(key_name)):
@@ -696,7 +697,7 @@ class AwsKmsProvider(KeyProvider):
         created = call_with_retry(
             create_alias,
             self.settings.retry,
-            description=f"provider {self.name}: {alias}",
+            description=f"provider {self.name}: creating alias {alias}",
         )
         if not created:
             return self._resolve_alias_race(key_name, metadata)
@@ -735,7 +736,9 @@ class AwsKmsProvider(KeyProvider):
                 return self._client().get_public_key(KeyId=key_id)["PublicKey"]
 
         der = call_with_retry(
-            fetch, self.settings.retry, description=f"provider {self.name}: {uri}"
+            fetch,
+            self.settings.retry,
+            description=f"provider {self.name}: reading the public key of {uri}",
         )
         public = load_der_public_key(der)
         if not isinstance(

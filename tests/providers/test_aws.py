@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import socket
@@ -14,11 +15,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.x509.oid import NameOID
 
 from pkifed.errors import (
     AccessDeniedError,
@@ -332,12 +335,30 @@ def test_pending_deletion_state(provider: AwsKmsProvider, kms: MotoKms) -> None:
 
 def test_large_crl_sent_as_digest(provider: AwsKmsProvider, kms: MotoKms) -> None:
     info = provider.find_or_create_key(unique_name(), KeyAlgorithm.EC_P384)
-    signer = provider.private_key(info.uri)
-    data = b"\x30" * 10_000
-    signature = signer.sign(data, ec.ECDSA(hashes.SHA384()))
+    public = provider.public_key(info.uri)
+    signer = provider.private_key(info.uri, public)
+    now = datetime.datetime.now(datetime.UTC)
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl issuer")])
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer)
+        .last_update(now)
+        .next_update(now + datetime.timedelta(days=1))
+    )
+    for serial in range(1, 301):
+        revoked = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now)
+            .build()
+        )
+        builder = builder.add_revoked_certificate(revoked)
+    crl = builder.sign(signer, hashes.SHA384())
     request = kms.sign_requests[-1]
 
-    provider.public_key(info.uri).verify(signature, data, ec.ECDSA(hashes.SHA384()))  # type: ignore[union-attr, call-arg]
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert len(crl.tbs_certlist_bytes) > 4096
+    assert crl.is_signature_valid(public)
     assert request["MessageType"] == "DIGEST"
     assert request["MessageLength"] == 48
     assert request["SigningAlgorithm"] == "ECDSA_SHA_384"
