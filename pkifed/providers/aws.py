@@ -839,9 +839,9 @@ class AwsKmsProvider(KeyProvider):
             return None
 
 
-def _check_alias_part(what: str, value: str) -> None:
+def _check_alias_part(label: str, value: str) -> None:
     if not _ALIAS_PART.match(value):
         raise ProviderPermanentError(
-            f"{what} {value!r} cannot be used in a KMS alias: use only letters, "
+            f"{label} {value!r} cannot be used in a KMS alias: use only letters, "
             "digits, '_' and '-'"
         )

@@ -14,12 +14,12 @@ What the proxy corrects, checked in moto 5.2.5:
 * moto signs RSASSA-PSS with ``PSS.MAX_LENGTH`` salt (``RSAPrivateKey`` in
   moto/kms/utils.py), while KMS uses a salt as long as the digest. The proxy
   signs with the digest length.
-* moto signs with disabled keys and keys pending deletion. The proxy answers
+* moto signs with disabled keys and keys pending deletion. The proxy rejects
   Sign and GetPublicKey for them with ``DisabledException`` and
   ``KMSInvalidStateException``, as the KMS API reference lists.
 * The Sign API rejects ``RAW`` messages over 4,096 bytes and ``DIGEST`` messages
-  whose length differs from the hash's; moto does not. The proxy answers both
-  with ``ValidationException``.
+  whose length differs from the hash's, but moto accepts them. The proxy
+  rejects both with ``ValidationException``.
 
 For the first two, moto still validates the request (key, usage, algorithm)
 and signs; the proxy then replaces the signature with a correct one made with
@@ -99,7 +99,8 @@ class MotoKms:
     """moto's KMS behind a correcting, fault-injecting proxy.
 
     Implements the conformance kit's ``FaultInjector``. ``throttle``, ``fail``,
-    ``delay`` and ``inject`` apply to Sign requests unless told otherwise.
+    ``drop``, ``delay`` and ``inject`` apply to Sign requests unless their
+    ``operations`` argument names others.
     """
 
     def __init__(self, region: str = "us-east-1") -> None:
@@ -214,11 +215,11 @@ class MotoKms:
     # --- faults ---------------------------------------------------------------------
 
     def throttle(self, count: int) -> None:
-        """Answer the next ``count`` Sign requests with ThrottlingException (400)."""
+        """Fail the next ``count`` Sign requests with ThrottlingException (400)."""
         self.inject("ThrottlingException", 400, count, message="Rate exceeded")
 
     def fail(self, count: int) -> None:
-        """Answer the next ``count`` Sign requests with KMSInternalException (500)."""
+        """Fail the next ``count`` Sign requests with KMSInternalException (500)."""
         self.inject("KMSInternalException", 500, count, message="Internal failure")
 
     def inject(
@@ -230,13 +231,13 @@ class MotoKms:
         operations: Iterable[str] = ("Sign",),
         message: str = "injected by the test harness",
     ) -> None:
-        """Answer the next ``count`` requests for ``operations`` with an error."""
+        """Fail the next ``count`` requests for ``operations`` with an error."""
         fault = _Fault(frozenset(operations), code, status, message, count)
         with self._lock:
             self._faults.append(fault)
 
     def drop(self, count: int, *, operations: Iterable[str] = ("Sign",)) -> None:
-        """Close the connection without an answer for the next ``count`` requests."""
+        """Close the connection without a response for the next ``count`` requests."""
         fault = _Fault(frozenset(operations), "", 0, "", count, drop=True)
         with self._lock:
             self._faults.append(fault)
@@ -260,7 +261,7 @@ class MotoKms:
     # --- proxy ----------------------------------------------------------------------
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
-        """Answer one proxied request: faults, checks, moto, then corrections."""
+        """Serve one proxied request: faults, checks, moto, then corrections."""
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length)
         operation = handler.headers.get("X-Amz-Target", "").rpartition(".")[2]
@@ -323,10 +324,10 @@ class MotoKms:
             connection.request(handler.command, handler.path, body, headers)
             response = connection.getresponse()
             answer = response.read()
-            kept = [
+            forwarded_headers = [
                 (k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP
             ]
-            return response.status, kept, answer
+            return response.status, forwarded_headers, answer
         finally:
             connection.close()
 
