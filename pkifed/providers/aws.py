@@ -653,6 +653,15 @@ class AwsKmsProvider(KeyProvider):
             return self._attach_alias(key_name, metadata)
         return info
 
+    def adopt_key(self, uri: str, algorithm: KeyAlgorithm) -> KeyInfo:
+        """Adopt a key after checking that this provider supports its algorithm.
+
+        describe_key recognises Ed25519 and ML-DSA keys, but signing with them
+        is untested, so adopting them is rejected like creating them.
+        """
+        self.require_algorithm(algorithm)
+        return super().adopt_key(uri, algorithm)
+
     def _create_unaliased(
         self, key_name: str, algorithm: KeyAlgorithm
     ) -> KeyMetadataTypeDef:

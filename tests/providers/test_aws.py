@@ -313,6 +313,11 @@ def test_adopt_by_arn(provider: AwsKmsProvider, kms: MotoKms) -> None:
     assert adopted.name is None
 
 
+def test_adopt_untested_algorithm_rejected(provider: AwsKmsProvider) -> None:
+    with pytest.raises(UnsupportedAlgorithmError, match="ml-dsa-65"):
+        provider.adopt_key("awskms:key-id=1234abcd", KeyAlgorithm.ML_DSA_65)
+
+
 def test_adopt_encryption_key_rejected(provider: AwsKmsProvider, kms: MotoKms) -> None:
     uri = create_foreign_key(kms, KeyAlgorithm.RSA_2048, usage="ENCRYPT_DECRYPT")
 
