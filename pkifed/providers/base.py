@@ -249,8 +249,10 @@ class KeyProvider(abc.ABC):
 
         Raises:
             KeyNotFoundError: no key exists at ``uri``.
-            UnsupportedAlgorithmError: the key has a different algorithm.
+            UnsupportedAlgorithmError: the key has a different algorithm, or the
+                provider cannot sign with it.
         """
+        self.require_algorithm(algorithm)
         info = self.describe_key(uri)
         if info.algorithm != algorithm:
             raise UnsupportedAlgorithmError(

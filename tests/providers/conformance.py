@@ -10,6 +10,8 @@ never with the service's own verify.
 from __future__ import annotations
 
 import datetime
+import pathlib
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from typing import Protocol
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
@@ -258,9 +260,11 @@ class ProviderConformance:
 
     # --- signing --------------------------------------------------------------------
 
-    def test_sign_every_scheme(self, harness: ProviderHarness) -> None:
+    def test_sign_every_scheme(
+        self, harness: ProviderHarness, tmp_path: pathlib.Path
+    ) -> None:
         keys = {a: self._key(harness, a) for a in harness.algorithms}
-        for scheme in schemes_for(harness):
+        for index, scheme in enumerate(schemes_for(harness)):
             info = keys[scheme.key]
             exported = harness.provider.public_key(info.uri)
             signer = harness.provider.private_key(info.uri, exported)
@@ -275,6 +279,16 @@ class ProviderConformance:
                 certificate.tbs_certificate_bytes,
                 scheme,
             )
+            path = tmp_path / f"certificate-{index}.pem"
+            path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+            result = subprocess.run(
+                ["openssl", "verify", "-x509_strict", "-CAfile", path.name, path.name],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                check=False,
+            )
+            assert result.returncode == 0, f"{scheme}: {result.stdout}{result.stderr}"
 
     def test_pss_parameters_in_certificate(self, harness: ProviderHarness) -> None:
         rsa_algorithms = [a for a in harness.algorithms if a.is_rsa]
@@ -317,14 +331,17 @@ class ProviderConformance:
         with pytest.raises(UnsupportedAlgorithmError):
             harness.provider.sign_digest(info.uri, scheme, b"\x00" * 20)
 
-    def test_large_crl_signs(self, harness: ProviderHarness) -> None:
+    def test_large_crl_signs(
+        self, harness: ProviderHarness, tmp_path: pathlib.Path
+    ) -> None:
         # A to-be-signed part over 4,096 bytes proves the digest path: services
         # that sign raw messages cap them at 4,096 bytes.
         algorithm = harness.algorithms[0]
         info = self._key(harness, algorithm)
         scheme = SignatureScheme.default_for(algorithm)
         signer = harness.provider.private_key(info.uri)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl issuer")])
+        issuer = self_signed(signer, scheme, common_name="crl issuer")
+        name = issuer.subject
         now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -344,6 +361,28 @@ class ProviderConformance:
 
         assert len(crl.tbs_certlist_bytes) > 4096
         assert crl.is_signature_valid(harness.provider.public_key(info.uri))  # type: ignore[arg-type]
+        (tmp_path / "issuer.pem").write_bytes(
+            issuer.public_bytes(serialization.Encoding.PEM)
+        )
+        (tmp_path / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        result = subprocess.run(
+            [
+                "openssl",
+                "crl",
+                "-verify",
+                "-noout",
+                "-CAfile",
+                "issuer.pem",
+                "-in",
+                "crl.pem",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "verify OK" in result.stderr + result.stdout
 
     def test_concurrent_signing(self, harness: ProviderHarness) -> None:
         algorithm = harness.algorithms[0]
