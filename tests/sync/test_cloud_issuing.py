@@ -145,11 +145,17 @@ def test_issuing_ca_in_cloud(
         "report", "-c", "federation.yaml", "--format", "json", env=env, cwd=tmp_path
     )
 
+    checked = run_pkifed(
+        "providers", "check", "-c", "federation.yaml", env=env, cwd=tmp_path
+    )
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert any(line.startswith(f"{cloud}: ok;") for line in checked.stdout.splitlines())
     assert planned.returncode == 0, planned.stdout + planned.stderr
     assert verified.returncode == 0, verified.stdout + verified.stderr
     issuing.verify_directly_issued_by(root)
     prefix = {"aws": "awskms:", "gcp": "cloudkms:", "azure": "azurekms:"}[cloud]
     assert f'"key_uri": "{prefix}' in report.stdout
-    for output in (applied, planned, report):
+    for output in (applied, planned, report, checked):
         for secret in (HSM_PIN, PASSPHRASE, VAULT_TOKEN):
             assert secret not in output.stdout + output.stderr
