@@ -104,6 +104,14 @@ class AuthorityConfig(_Model):
         default_factory=list,
         description="Targets that receive this authority's certificate and chain.",
     )
+    rekey: bool = Field(
+        default=False,
+        description=(
+            "Create a new key at each renewal instead of certifying the same key "
+            "again. A root that gets a new key is rotated: both roots are published "
+            "before children move to the new one."
+        ),
+    )
 
     @property
     def algorithm(self) -> KeyAlgorithm:
@@ -127,6 +135,29 @@ class BundleConfig(_Model):
     )
     targets: list[str] = Field(
         min_length=1, description="Targets the bundle is published to."
+    )
+
+
+class ReconcileConfig(_Model):
+    """Settings of each reconcile pass."""
+
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description=(
+            "Maximum provider and target calls in flight at once, so slow remote "
+            "services overlap instead of adding up."
+        ),
+    )
+    max_passes: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description=(
+            "Passes one apply runs at most. Ordered procedures such as a root "
+            "rotation finish a step per pass, after reading back the previous one."
+        ),
     )
 
 
@@ -160,6 +191,10 @@ class FederationConfig(_Model):
     issuance: IssuanceConfig = Field(
         default_factory=IssuanceConfig,
         description="Settings for every certificate the federation issues.",
+    )
+    reconcile: ReconcileConfig = Field(
+        default_factory=ReconcileConfig,
+        description="Settings of each reconcile pass.",
     )
     providers: dict[str, dict[str, Any]] = Field(
         description="Key providers by name; each has a type and that type's settings."

@@ -105,13 +105,16 @@ def plan(config_path: Path, as_json: bool, detailed_exitcode: bool) -> None:
 def _print_plan_text(result: Plan) -> None:
     for action in result.actions:
         click.echo(f"  {action}")
+    for entry in result.waiting:
+        click.echo(f"  waiting: {entry}")
     for problem in result.problems:
         click.echo(f"  blocked: {problem}", err=True)
     if result.empty and not result.problems:
         click.echo(f"No changes: federation {result.federation} is up to date.")
     else:
         click.echo(
-            f"Plan: {len(result.actions)} actions, {len(result.problems)} blocked."
+            f"Plan: {len(result.actions)} actions, {len(result.waiting)} waiting for "
+            f"a later pass, {len(result.problems)} blocked."
         )
 
 
@@ -127,26 +130,30 @@ def apply(config_path: Path) -> None:
 
     with _session(config_path) as (config, store, runtime):
         reconciler = Reconciler(config, store, runtime, on_progress=progress)
-        planned = reconciler.plan()
-        if planned.empty and not planned.problems:
-            click.echo(
-                f"No changes: federation {planned.federation} is up to date "
-                f"({len(config.model.authorities)} authorities)."
-            )
-            return
-        if planned.actions:
-            click.echo(f"Applying {len(planned.actions)} actions:")
-        result = reconciler.apply(planned)
-        for problem in planned.problems:
-            click.echo(f"  blocked: {problem}", err=True)
-        done = sum(1 for o in result.outcomes if o.outcome == "done")
+        results = reconciler.converge()
+    applied = [r for r in results if r.outcomes]
+    last = results[-1]
+    if not applied and last.plan.empty and not last.plan.problems:
         click.echo(
-            f"Applied {done} of {len(planned.actions)} actions; "
-            f"{len(result.failed)} failed or skipped, {len(planned.problems)} blocked."
+            f"No changes: federation {last.plan.federation} is up to date "
+            f"({len(config.model.authorities)} authorities)."
         )
-    if not result.succeeded:
+        return
+    for entry in last.plan.waiting:
+        click.echo(f"  waiting: {entry}")
+    for problem in last.plan.problems:
+        click.echo(f"  blocked: {problem}", err=True)
+    done = sum(1 for r in applied for o in r.outcomes if o.outcome == "done")
+    failed = sum(len(r.failed) for r in applied)
+    click.echo(
+        f"Applied {done} actions in {len(applied)} passes; {failed} failed or skipped, "
+        f"{len(last.plan.problems)} blocked, {len(last.plan.waiting)} waiting."
+    )
+    if failed or last.plan.problems:
         click.echo("Run apply again after fixing the causes above.", err=True)
         sys.exit(1)
+    if last.plan.waiting:
+        click.echo("Run apply again to continue the waiting steps.")
 
 
 @cli.command()

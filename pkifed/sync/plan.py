@@ -13,27 +13,34 @@
          "authority": "<name or null>", "target": "<name or null>",
          "object_name": "<name within the target or null>"}
       ],
-      "problems": [{"object": "<what>", "message": "<why nothing can be done>"}]
+      "problems": [{"object": "<what>", "message": "<why nothing can be done>"}],
+      "waiting": [{"object": "<what>", "message": "<what it waits for>"}]
     }
 
-Kinds: ``create-key``, ``adopt-key``, ``record-key``, ``issue-certificate`` and
-``publish``. New kinds may be added; existing fields keep their meaning.
+Kinds: ``create-key``, ``adopt-key``, ``record-key``, ``issue-certificate``,
+``publish`` and ``retire``. New kinds may be added; existing fields keep their
+meaning. A ``waiting`` entry is a change that a later pass makes once an
+earlier step is confirmed, such as moving children to a new root only after
+every target serves it.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 
 class ActionKind(StrEnum):
+    """What an action does."""
+
     CREATE_KEY = "create-key"
     ADOPT_KEY = "adopt-key"
     RECORD_KEY = "record-key"
     ISSUE_CERTIFICATE = "issue-certificate"
     PUBLISH = "publish"
+    RETIRE = "retire"
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Action:
 
 @dataclass(frozen=True)
 class PlanProblem:
-    """Something that blocks part of the plan and needs a person."""
+    """An object the plan cannot change now, and why: blocked, or waiting."""
 
     object: str
     message: str
@@ -70,11 +77,12 @@ class Plan:
     generated_at: datetime.datetime
     actions: tuple[Action, ...]
     problems: tuple[PlanProblem, ...] = ()
-    up_to_date: tuple[str, ...] = field(default=())
+    waiting: tuple[PlanProblem, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.actions
+        """Whether nothing is left to do, now or in a later pass."""
+        return not self.actions and not self.waiting
 
     def to_json(self) -> str:
         document = {
@@ -85,5 +93,6 @@ class Plan:
                 {**asdict(action), "kind": str(action.kind)} for action in self.actions
             ],
             "problems": [asdict(problem) for problem in self.problems],
+            "waiting": [asdict(entry) for entry in self.waiting],
         }
         return json.dumps(document, indent=2)

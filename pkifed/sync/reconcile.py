@@ -1,10 +1,16 @@
 """The reconciler: observe the federation, plan the changes, apply them.
 
-Observation reads the state store, each authority's key in its provider (one
-read) and each published object in its target (one read). Planning compares
-that with the configuration and yields typed actions. Applying runs them in
-order, recording each result in the state store before the next one starts,
-so a pass killed at any point resumes where it stopped.
+A pass reads the state store once, then each authority's key in its provider
+and each published object in its target (one read each, concurrently). Planning
+compares that with the configuration and yields typed actions. Applying runs
+them in phases (keys, then certificates level by level, then publications),
+recording each result in the state store as soon as it is done, so a pass
+killed at any point resumes where it stopped.
+
+Ordered procedures span passes, each confirming the previous step by reading
+back: a CA whose parent gets a new key is re-issued only once every bundle that
+contains the parent serves the parent's new certificate, and an old root leaves
+the bundles only when no unexpired certificate chains to it.
 """
 
 from __future__ import annotations
@@ -12,23 +18,24 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from sqlalchemy.orm import Session
 
 from pkifed.config.loader import LoadedConfig
 from pkifed.config.schema import AuthorityConfig, KeyAdoption
-from pkifed.errors import KeyNotFoundError, PkifedError, StateError
+from pkifed.errors import KeyNotFoundError, PkifedError, StateError, TemporaryError
 from pkifed.federation import bundles
 from pkifed.federation.certificates import (
     Issuer,
     build_ca_certificate,
     fingerprint_sha256,
-    subject_key_identifier,
 )
 from pkifed.federation.hierarchy import (
     ancestors,
@@ -46,11 +53,21 @@ from pkifed.federation.store import (
 )
 from pkifed.providers.algorithms import PublicKey, RsaPadding, SignatureScheme
 from pkifed.providers.base import KeyInfo, KeyState
+from pkifed.providers.targets.base import StoredObject
+from pkifed.sync.observe import (
+    IssuedCertificate,
+    KeyOutcome,
+    ObjectOutcome,
+    Snapshot,
+    read_snapshot,
+    run_bounded,
+)
 from pkifed.sync.plan import Action, ActionKind, Plan, PlanProblem
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
+_Result = TypeVar("_Result")
 
 
 def utc_now() -> datetime.datetime:
@@ -92,6 +109,26 @@ class _DesiredObject:
     is_bundle: bool = False
 
 
+@dataclass
+class _PlanState:
+    """What planning has decided so far in one pass."""
+
+    now: datetime.datetime
+    snapshot: Snapshot
+    key_outcomes: dict[str, KeyOutcome]
+    object_outcomes: dict[str, ObjectOutcome]
+    actions: list[Action] = field(default_factory=list)
+    problems: list[PlanProblem] = field(default_factory=list)
+    waiting: list[PlanProblem] = field(default_factory=list)
+    new_keys: set[str] = field(default_factory=set)
+    new_certificates: set[str] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)
+
+
+def _object_id(target: str, object_name: str) -> str:
+    return f"{target}/{object_name}"
+
+
 class Reconciler:
     """Plans and applies one federation against its providers, targets and state."""
 
@@ -110,144 +147,199 @@ class Reconciler:
         self.runtime = runtime
         self.clock = clock
         self.on_progress = on_progress
+        self._write_lock = threading.Lock()
+        self._progress_lock = threading.Lock()
+
+    @property
+    def _concurrency(self) -> int:
+        return self.model.reconcile.concurrency
+
+    # --- observing ------------------------------------------------------------------
+
+    def _observe_keys(self, snapshot: Snapshot) -> dict[str, KeyOutcome]:
+        calls: dict[str, Callable[[], KeyInfo | None]] = {}
+        for name, authority in self.model.authorities.items():
+            record = snapshot.keys.get(name)
+            provider = self.runtime.provider(authority.provider)
+            if record is not None and _key_change(record, authority) is None:
+                calls[name] = _bind(provider.describe_key, record.uri)
+            elif not isinstance(authority.key, KeyAdoption):
+                generation = snapshot.next_generations.get(name, 1)
+                calls[name] = _bind(provider.find_key, key_name(name, generation))
+        return run_bounded(calls, self._concurrency)
+
+    def _observe_objects(self) -> dict[str, ObjectOutcome]:
+        calls: dict[str, Callable[[], StoredObject | None]] = {}
+        for desired in self._desired_objects():
+            target = self.runtime.target(desired.target)
+            key = _object_id(desired.target, desired.object_name)
+            calls[key] = _bind(target.read, desired.object_name)
+        return run_bounded(calls, self._concurrency)
 
     # --- planning -------------------------------------------------------------------
 
     def plan(self) -> Plan:
         """Observe providers, targets and state, and list what must change."""
         now = self.clock()
-        actions: list[Action] = []
-        problems: list[PlanProblem] = []
-        new_keys: set[str] = set()
-        new_certificates: set[str] = set()
-        blocked: set[str] = set()
-
         with self.store.transaction() as session:
-            for name in parents_first(self.model):
-                authority = self.model.authorities[name]
-                if set(ancestors(self.model, name)) & blocked:
-                    blocked.add(name)
-                    continue
-                key_action, problem = self._plan_key(session, name, authority)
-                if problem is not None:
-                    problems.append(problem)
-                    blocked.add(name)
-                    continue
-                if key_action is not None:
-                    actions.append(key_action)
-                    new_keys.add(name)
-                reason = self._certificate_reason(
-                    session, name, authority, now, new_keys, new_certificates
-                )
-                if reason is not None:
-                    actions.append(
-                        Action(
-                            ActionKind.ISSUE_CERTIFICATE,
-                            f"authority {name}",
-                            reason,
-                            authority=name,
-                        )
+            snapshot = read_snapshot(session)
+        state = _PlanState(
+            now=now,
+            snapshot=snapshot,
+            key_outcomes=self._observe_keys(snapshot),
+            object_outcomes=self._observe_objects(),
+        )
+
+        for name in parents_first(self.model):
+            self._plan_authority(state, name)
+        for desired in self._desired_objects():
+            self._plan_publish(state, desired)
+        self._plan_retirements(state)
+
+        return Plan(
+            self.model.name,
+            now,
+            tuple(state.actions),
+            tuple(state.problems),
+            tuple(state.waiting),
+        )
+
+    def _plan_authority(self, state: _PlanState, name: str) -> None:
+        authority = self.model.authorities[name]
+        subject = f"authority {name}"
+        if set(ancestors(self.model, name)) & state.blocked:
+            state.blocked.add(name)
+            return
+
+        record = state.snapshot.keys.get(name)
+        unchanged = record is not None and _key_change(record, authority) is None
+        if unchanged:
+            problem = self._key_problem(state, name, record)
+            if problem is not None:
+                state.problems.append(problem)
+                state.blocked.add(name)
+                return
+            renewal = self._certificate_reason(state, name, authority)
+            expiring = renewal is not None and renewal.startswith(
+                ("expires", "expired")
+            )
+            if expiring and authority.rekey:
+                state.actions.append(
+                    Action(
+                        ActionKind.CREATE_KEY,
+                        subject,
+                        f"rekey on renewal: the certificate {renewal}",
+                        authority=name,
                     )
-                    new_certificates.add(name)
-
-            for desired in self._desired_objects():
-                action, problem = self._plan_publish(
-                    session, desired, new_certificates, blocked
                 )
-                if action is not None:
-                    actions.append(action)
-                if problem is not None:
-                    problems.append(problem)
-
-        return Plan(self.model.name, now, tuple(actions), tuple(problems))
-
-    def _plan_key(
-        self, session: Session, name: str, authority: AuthorityConfig
-    ) -> tuple[Action | None, PlanProblem | None]:
-        record = self.store.current_key(session, name)
-        subject = f"authority {name}"
-        if record is not None:
-            change = _key_change(record, authority)
-            if change is None:
-                return None, self._check_key_usable(name, record)
-            reason = f"key changed: {change}"
+                state.new_keys.add(name)
         else:
-            reason = "missing"
+            key_action = self._key_action(state, name, authority, record)
+            if key_action is None:
+                state.blocked.add(name)
+                return
+            state.actions.append(key_action)
+            state.new_keys.add(name)
 
-        if isinstance(authority.key, KeyAdoption):
-            return Action(
-                ActionKind.ADOPT_KEY,
-                subject,
-                f"{reason}; adopting {authority.key.uri}",
-                authority=name,
-            ), None
+        reason = self._certificate_reason(state, name, authority)
+        if reason is None:
+            return
+        wait = self._wait_for_parent(state, name, authority, reason)
+        if wait is not None:
+            state.waiting.append(PlanProblem(subject, wait))
+            return
+        state.actions.append(
+            Action(ActionKind.ISSUE_CERTIFICATE, subject, reason, authority=name)
+        )
+        state.new_certificates.add(name)
 
-        generation = self.store.next_generation(session, name)
-        provider = self.runtime.provider(authority.provider)
-        try:
-            found = provider.find_key(key_name(name, generation))
-        except PkifedError as error:
-            return None, PlanProblem(subject, f"provider {authority.provider}: {error}")
-        if found is not None:
-            return Action(
-                ActionKind.RECORD_KEY,
-                subject,
-                f"key {found.uri} exists in provider {authority.provider} but is not "
-                "recorded (an earlier run stopped before recording it); it will be "
-                "recorded, not created again",
-                authority=name,
-            ), None
-        return Action(
-            ActionKind.CREATE_KEY,
-            subject,
-            f"{reason}; creating a {authority.algorithm} key in provider "
-            f"{authority.provider}",
-            authority=name,
-        ), None
-
-    def _check_key_usable(self, name: str, record: KeyRecord) -> PlanProblem | None:
-        provider = self.runtime.provider(record.provider)
+    def _key_problem(
+        self, state: _PlanState, name: str, record: KeyRecord | None
+    ) -> PlanProblem | None:
+        if record is None:
+            return None
         subject = f"authority {name}"
-        try:
-            info = provider.describe_key(record.uri)
-        except KeyNotFoundError:
+        outcome = state.key_outcomes.get(name)
+        if outcome is None:
+            return None
+        info = outcome.value
+        if isinstance(outcome.error, KeyNotFoundError):
+            info = None
+        elif outcome.error is not None:
+            return PlanProblem(
+                subject,
+                _observation_failure(f"provider {record.provider}", outcome.error),
+            )
+        if info is None:
             return PlanProblem(
                 subject,
                 f"key {record.uri} no longer exists in provider {record.provider}; "
                 "pkifed does not replace a key silently. Restore it, or set a new key "
                 "for the authority",
             )
-        except PkifedError as error:
-            return PlanProblem(subject, f"provider {record.provider}: {error}")
         if info.state is not KeyState.ENABLED:
             return PlanProblem(
                 subject,
                 f"key {record.uri} is {info.state} in provider {record.provider}; "
                 "pkifed does not replace it silently. Enable it again, or set a new "
-                "key "
-                "for the authority",
+                "key for the authority",
             )
         return None
 
-    def _certificate_reason(
+    def _key_action(
         self,
-        session: Session,
+        state: _PlanState,
         name: str,
         authority: AuthorityConfig,
-        now: datetime.datetime,
-        new_keys: set[str],
-        new_certificates: set[str],
+        record: KeyRecord | None,
+    ) -> Action | None:
+        subject = f"authority {name}"
+        change = _key_change(record, authority) if record is not None else None
+        reason = f"key changed: {change}" if change else "missing"
+        if isinstance(authority.key, KeyAdoption):
+            return Action(
+                ActionKind.ADOPT_KEY,
+                subject,
+                f"{reason}; adopting {authority.key.uri}",
+                authority=name,
+            )
+        outcome = state.key_outcomes[name]
+        if outcome.error is not None:
+            source = f"provider {authority.provider}"
+            state.problems.append(
+                PlanProblem(subject, _observation_failure(source, outcome.error))
+            )
+            return None
+        if outcome.value is not None:
+            return Action(
+                ActionKind.RECORD_KEY,
+                subject,
+                f"key {outcome.value.uri} exists in provider {authority.provider} but "
+                "is not recorded (an earlier run stopped before recording it); it "
+                "will be recorded, not created again",
+                authority=name,
+            )
+        return Action(
+            ActionKind.CREATE_KEY,
+            subject,
+            f"{reason}; creating a {authority.algorithm} key in provider "
+            f"{authority.provider}",
+            authority=name,
+        )
+
+    def _certificate_reason(
+        self, state: _PlanState, name: str, authority: AuthorityConfig
     ) -> str | None:
-        record = self.store.current_certificate(session, name)
-        if record is None:
+        issued = state.snapshot.current_certificate(name)
+        if issued is None:
             return "missing"
-        if name in new_keys:
+        if name in state.new_keys:
             return "the key changes"
-        certificate = x509.load_der_x509_certificate(record.der)
         parent = authority.parent
-        if parent is not None and parent in new_keys:
+        if parent is not None and parent in state.new_keys:
             return f"parent {parent} gets a new key"
 
+        certificate = issued.certificate
         differences = ca_profile(authority).differences(certificate)
         if differences:
             return "profile changed: " + "; ".join(differences)
@@ -259,16 +351,15 @@ class Reconciler:
                 f"signature is {_signature_label(certificate)}, expected "
                 f"{_scheme_label(issuer_scheme)}"
             )
-        if parent is not None and parent not in new_certificates:
-            parent_record = self.store.current_certificate(session, parent)
-            if parent_record is not None:
-                parent_certificate = x509.load_der_x509_certificate(parent_record.der)
-                if _authority_key_id(certificate) != subject_key_identifier(
-                    parent_certificate
-                ):
-                    return f"issued by an earlier key of parent {parent}"
+        if parent is not None:
+            parent_issued = state.snapshot.current_certificate(parent)
+            if (
+                parent_issued is not None
+                and issued.authority_key_id != parent_issued.subject_key_id
+            ):
+                return f"issued by an earlier key of parent {parent}"
 
-        remaining = certificate.not_valid_after_utc - now
+        remaining = certificate.not_valid_after_utc - state.now
         if remaining <= datetime.timedelta(0):
             return f"expired at {_iso(certificate.not_valid_after_utc)}"
         if remaining <= authority.renewal_window:
@@ -276,6 +367,47 @@ class Reconciler:
                 f"expires in {remaining.days} days, within renew_before "
                 f"({authority.renewal_window.days} days)"
             )
+        return None
+
+    def _wait_for_parent(
+        self, state: _PlanState, name: str, authority: AuthorityConfig, reason: str
+    ) -> str | None:
+        """Why moving ``name`` under its parent's new key must wait, if it must.
+
+        Relying parties trust the parent's new certificate only once their
+        bundle contains it, so a child moves only after every bundle that
+        holds the parent serves the parent's current certificate.
+        """
+        parent = authority.parent
+        moving = reason.startswith(("parent ", "issued by an earlier key"))
+        if parent is None or not moving:
+            return None
+        holders = [
+            d
+            for d in self._desired_objects()
+            if d.is_bundle and parent in d.authorities
+        ]
+        if not holders:
+            return None
+        if parent in state.new_certificates:
+            return (
+                f"{reason}; it moves once the new certificate of {parent} is "
+                "published to every bundle and read back"
+            )
+        parent_issued = state.snapshot.current_certificate(parent)
+        if parent_issued is None:
+            return f"{reason}; {parent} has no certificate yet"
+        fingerprint = parent_issued.record.fingerprint_sha256
+        for desired in holders:
+            outcome = state.object_outcomes.get(
+                _object_id(desired.target, desired.object_name)
+            )
+            stored = outcome.value if outcome is not None else None
+            if stored is None or fingerprint not in _fingerprints(stored.data):
+                return (
+                    f"{reason}; waiting until target {desired.target} serves the "
+                    f"new certificate of {parent} in {desired.object_name}"
+                )
         return None
 
     def _desired_objects(self) -> list[_DesiredObject]:
@@ -294,33 +426,25 @@ class Reconciler:
                 desired.append(_DesiredObject(target, chain_name, chain))
         return desired
 
-    def _render(self, session: Session, desired: _DesiredObject) -> bytes:
-        certificates = [self._certificate(session, a) for a in desired.authorities]
+    def _render(
+        self, snapshot: Snapshot, desired: _DesiredObject, now: datetime.datetime
+    ) -> bytes:
         if desired.is_bundle:
-            return bundles.pem_bundle(certificates)
+            return bundles.pem_bundle(
+                issued.certificate
+                for authority in desired.authorities
+                for issued in _anchors(snapshot, authority, now)
+            )
+        certificates = []
+        for authority in desired.authorities:
+            issued = snapshot.current_certificate(authority)
+            if issued is None:
+                raise StateError(f"authority {authority} has no certificate yet")
+            certificates.append(issued.certificate)
         return bundles.pem_chain(certificates)
 
-    def _plan_publish(
-        self,
-        session: Session,
-        desired: _DesiredObject,
-        new_certificates: set[str],
-        blocked: set[str],
-    ) -> tuple[Action | None, PlanProblem | None]:
+    def _plan_publish(self, state: _PlanState, desired: _DesiredObject) -> None:
         subject = f"target {desired.target}: {desired.object_name}"
-        pending = sorted(set(desired.authorities) & new_certificates)
-        missing = [
-            a
-            for a in desired.authorities
-            if a not in new_certificates
-            and self.store.current_certificate(session, a) is None
-        ]
-        if missing:
-            # Only blocked authorities can lack a certificate here.
-            return None, PlanProblem(
-                subject,
-                f"not published: no certificate for {', '.join(missing)} yet",
-            )
         action = Action(
             ActionKind.PUBLISH,
             subject,
@@ -328,57 +452,129 @@ class Reconciler:
             target=desired.target,
             object_name=desired.object_name,
         )
+        pending = sorted(set(desired.authorities) & state.new_certificates)
+        missing = [
+            a
+            for a in desired.authorities
+            if a not in state.new_certificates
+            and state.snapshot.current_certificate(a) is None
+        ]
+        if missing:
+            state.problems.append(
+                PlanProblem(
+                    subject,
+                    f"not published: no certificate for {', '.join(missing)} yet",
+                )
+            )
+            return
         if pending:
             reason = f"content changes: new certificate for {', '.join(pending)}"
-            return _with_reason(action, reason), None
+            state.actions.append(_with_reason(action, reason))
+            return
 
-        data = self._render(session, desired)
-        target = self.runtime.target(desired.target)
-        try:
-            stored = target.read(desired.object_name)
-        except PkifedError as error:
-            return None, PlanProblem(subject, str(error))
-        if stored is None:
-            return _with_reason(action, "missing"), None
-        if stored.data != data:
-            return _with_reason(
-                action, "drifted: content differs from the federation's"
-            ), None
-        del blocked
-        return None, None
-
-    def _certificate(self, session: Session, authority: str) -> x509.Certificate:
-        record = self.store.current_certificate(session, authority)
-        if record is None:
-            raise StateError(
-                f"authority {authority} has no certificate in the state store"
+        outcome = state.object_outcomes[_object_id(desired.target, desired.object_name)]
+        if outcome.error is not None:
+            state.problems.append(
+                PlanProblem(
+                    subject,
+                    _observation_failure(f"target {desired.target}", outcome.error),
+                )
             )
-        return x509.load_der_x509_certificate(record.der)
+            return
+        data = self._render(state.snapshot, desired, state.now)
+        stored = outcome.value
+        if stored is None:
+            state.actions.append(_with_reason(action, "missing"))
+        elif stored.data != data:
+            state.actions.append(
+                _with_reason(
+                    action, _drift_reason(stored.data, state.snapshot, subject)
+                )
+            )
+
+    def _plan_retirements(self, state: _PlanState) -> None:
+        desired = {(d.target, d.object_name) for d in self._desired_objects()}
+        for target, object_name in sorted(state.snapshot.publications):
+            if (target, object_name) in desired:
+                continue
+            if target not in self.model.targets:
+                continue
+            state.actions.append(
+                Action(
+                    ActionKind.RETIRE,
+                    f"target {target}: {object_name}",
+                    "no longer declared; pkifed published it earlier and removes it",
+                    target=target,
+                    object_name=object_name,
+                )
+            )
 
     # --- applying -------------------------------------------------------------------
 
     def apply(self, plan: Plan) -> ApplyResult:
-        """Run the plan's actions in order, skipping those whose inputs failed."""
+        """Run the plan's actions in phases, skipping those whose inputs failed."""
         failed: set[str] = set()
-        outcomes = []
+        outcomes: list[ActionOutcome] = []
+        for phase in self._phases(plan):
+            results = self._run_phase(phase, failed)
+            outcomes.extend(results)
+        return ApplyResult(plan, tuple(outcomes))
+
+    def converge(self) -> list[ApplyResult]:
+        """Plan and apply pass after pass until nothing is left or progress stops."""
+        results = []
+        for _ in range(self.model.reconcile.max_passes):
+            plan = self.plan()
+            if not plan.actions:
+                results.append(ApplyResult(plan, ()))
+                return results
+            result = self.apply(plan)
+            results.append(result)
+            if result.failed:
+                break
+        # The last entry is always an unapplied plan of what remains, so callers
+        # can report what is still blocked or waiting.
+        results.append(ApplyResult(self.plan(), ()))
+        return results
+
+    def _phases(self, plan: Plan) -> list[list[Action]]:
+        keys = [a for a in plan.actions if a.kind in _KEY_KINDS]
+        by_depth: dict[int, list[Action]] = {}
         for action in plan.actions:
+            if action.kind is ActionKind.ISSUE_CERTIFICATE and action.authority:
+                depth = len(ancestors(self.model, action.authority))
+                by_depth.setdefault(depth, []).append(action)
+        publishing = [
+            a for a in plan.actions if a.kind in (ActionKind.PUBLISH, ActionKind.RETIRE)
+        ]
+        phases = [keys, *(by_depth[d] for d in sorted(by_depth)), publishing]
+        return [phase for phase in phases if phase]
+
+    def _run_phase(self, phase: list[Action], failed: set[str]) -> list[ActionOutcome]:
+        def run(action: Action) -> ActionOutcome:
             dependencies = self._dependencies(action)
             if dependencies & failed:
+                blocked_by = ", ".join(sorted(dependencies & failed))
                 outcome = ActionOutcome(
-                    action,
-                    "skipped",
-                    "skipped because "
-                    f"{', '.join(sorted(dependencies & failed))} failed",
+                    action, "skipped", f"skipped because {blocked_by} failed"
                 )
             else:
                 outcome = self._run(action)
-                if outcome.outcome != "done" and action.authority is not None:
-                    failed.add(action.authority)
             self._record(outcome)
-            outcomes.append(outcome)
-            if self.on_progress is not None:
-                self.on_progress(outcome)
-        return ApplyResult(plan, tuple(outcomes))
+            with self._progress_lock:
+                if self.on_progress is not None:
+                    self.on_progress(outcome)
+            return outcome
+
+        workers = max(1, min(self._concurrency, len(phase)))
+        with ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="apply"
+        ) as pool:
+            results = list(pool.map(run, phase))
+        for result in results:
+            if result.outcome != "done" and result.action.authority is not None:
+                failed.add(result.action.authority)
+        return results
 
     def _dependencies(self, action: Action) -> set[str]:
         if action.authority is not None:
@@ -388,7 +584,10 @@ class Reconciler:
                 action.target,
                 action.object_name,
             ):
-                return set(desired.authorities)
+                dependencies = set(desired.authorities)
+                for authority in desired.authorities:
+                    dependencies.update(ancestors(self.model, authority))
+                return dependencies
         return set()
 
     def _run(self, action: Action) -> ActionOutcome:
@@ -396,13 +595,20 @@ class Reconciler:
         try:
             message = self._execute(action)
         except PkifedError as error:
-            logger.error("%s: %s failed: %s", action.object, action.kind, error)
-            return ActionOutcome(action, "failed", str(error))
+            retry = " and will be retried on the next run"
+            if not isinstance(error, TemporaryError):
+                retry = "; it needs a fix before the next run"
+            logger.error(
+                "%s: %s failed%s: %s", action.object, action.kind, retry, error
+            )
+            return ActionOutcome(action, "failed", f"{error}{retry}")
         return ActionOutcome(action, "done", message)
 
     def _execute(self, action: Action) -> str:
         if action.target is not None and action.object_name is not None:
-            return self._publish(action.target, action.object_name)
+            if action.kind is ActionKind.RETIRE:
+                return self._retire(action.target, action.object_name)
+            return self._publish(action.target, action.object_name, action.reason)
         if action.authority is None:
             raise StateError(f"action {action} names no authority or target")
         if action.kind is ActionKind.ISSUE_CERTIFICATE:
@@ -415,18 +621,16 @@ class Reconciler:
         with self.store.transaction() as session:
             generation = self.store.next_generation(session, name)
         label = key_name(name, generation)
-        info: KeyInfo | None
         if isinstance(authority.key, KeyAdoption):
             info = provider.adopt_key(authority.key.uri, authority.key.algorithm)
         elif kind is ActionKind.RECORD_KEY:
-            info = provider.find_key(label)
-            if info is None:
-                info = provider.find_or_create_key(label, authority.algorithm)
+            found = provider.find_key(label)
+            info = found or provider.find_or_create_key(label, authority.algorithm)
         else:
             info = provider.find_or_create_key(label, authority.algorithm)
         public = provider.public_key(info.uri)
         now = self.clock()
-        with self.store.transaction() as session:
+        with self._write_lock, self.store.transaction() as session:
             previous = self.store.current_key(session, name)
             if previous is not None:
                 previous.retired_at = now
@@ -466,7 +670,15 @@ class Reconciler:
             else:
                 parent_config = self.model.authorities[authority.parent]
                 parent_key = self._require_key(session, authority.parent)
-                parent_certificate = self._certificate(session, authority.parent)
+                parent_record = self.store.current_certificate(
+                    session, authority.parent
+                )
+                if parent_record is None:
+                    raise StateError(
+                        f"authority {authority.parent} has no certificate to issue "
+                        f"{name} with"
+                    )
+                parent_certificate = x509.load_der_x509_certificate(parent_record.der)
                 parent_signer = self.runtime.provider(parent_key.provider).private_key(
                     parent_key.uri, _load_public_key(parent_key.public_key_der)
                 )
@@ -489,7 +701,7 @@ class Reconciler:
             issuer.certificate if issuer is not None else certificate
         )
 
-        with self.store.transaction() as session:
+        with self._write_lock, self.store.transaction() as session:
             previous = self.store.current_certificate(session, name)
             if previous is not None:
                 previous.superseded_at = now
@@ -511,25 +723,33 @@ class Reconciler:
         expiry = _iso(certificate.not_valid_after_utc)
         return f"serial {certificate.serial_number:x}, valid until {expiry}"
 
-    def _require_key(self, session: Session, name: str) -> KeyRecord:
-        key = self.store.current_key(session, name)
+    def _require_key(self, session: object, name: str) -> KeyRecord:
+        key = self.store.current_key(session, name)  # type: ignore[arg-type]
         if key is None:
             raise StateError(f"authority {name} has no key in the state store")
         return key
 
-    def _publish(self, target_name: str, object_name: str) -> str:
+    def _publish(self, target_name: str, object_name: str, reason: str) -> str:
         desired = next(
             d
             for d in self._desired_objects()
             if (d.target, d.object_name) == (target_name, object_name)
         )
         with self.store.transaction() as session:
-            data = self._render(session, desired)
+            snapshot = read_snapshot(session)
+        data = self._render(snapshot, desired, self.clock())
         target = self.runtime.target(target_name)
         target.publish(object_name, data)
         digest = hashlib.sha256(data).hexdigest()
         location = target.location(object_name)
-        with self.store.transaction() as session:
+        if reason.startswith("foreign certificate"):
+            logger.warning(
+                "security: %s contained certificates the federation never issued "
+                "and they were removed: %s",
+                location,
+                reason,
+            )
+        with self._write_lock, self.store.transaction() as session:
             record = self.store.publication(session, target_name, object_name)
             if record is None:
                 record = PublicationRecord(target=target_name, object_name=object_name)
@@ -537,11 +757,31 @@ class Reconciler:
             record.location = location
             record.sha256 = digest
             record.published_at = self.clock()
+            if reason.startswith("foreign certificate"):
+                self.store.record_event(
+                    session,
+                    at=self.clock(),
+                    kind="security",
+                    subject=f"target {target_name}: {object_name}",
+                    outcome="repaired",
+                    message=reason,
+                )
         return f"{location} sha256 {digest[:16]}"
+
+    def _retire(self, target_name: str, object_name: str) -> str:
+        target = self.runtime.target(target_name)
+        stored = target.read(object_name)
+        if stored is not None:
+            target.delete(object_name, stored.version)
+        with self._write_lock, self.store.transaction() as session:
+            record = self.store.publication(session, target_name, object_name)
+            if record is not None:
+                session.delete(record)
+        return f"removed {target.location(object_name)}"
 
     def _record(self, outcome: ActionOutcome) -> None:
         try:
-            with self.store.transaction() as session:
+            with self._write_lock, self.store.transaction() as session:
                 self.store.record_event(
                     session,
                     at=self.clock(),
@@ -554,6 +794,75 @@ class Reconciler:
             logger.error(
                 "%s: recording the event failed: %s", outcome.action.object, error
             )
+
+
+_KEY_KINDS = (ActionKind.CREATE_KEY, ActionKind.ADOPT_KEY, ActionKind.RECORD_KEY)
+
+
+def _bind(function: Callable[[str], _Result], argument: str) -> Callable[[], _Result]:
+    return lambda: function(argument)
+
+
+def _observation_failure(source: str, error: PkifedError) -> str:
+    if isinstance(error, TemporaryError):
+        return f"{source} is unavailable ({error}); will be retried on the next run"
+    return f"{source}: {error}"
+
+
+def _anchors(
+    snapshot: Snapshot, authority: str, now: datetime.datetime
+) -> list[IssuedCertificate]:
+    """Certificates of ``authority`` that a trust bundle must still contain.
+
+    The current certificate always, and an earlier one while it is unexpired
+    and some unexpired certificate was issued by its key, so certificates
+    issued before a rotation keep a trust anchor until they expire.
+    """
+    current = snapshot.current_certificate(authority)
+    chosen = [] if current is None else [current]
+    issuing_keys = {
+        issued.authority_key_id
+        for issued in snapshot.history
+        if issued.valid_at(now) and issued.record.authority != authority
+    }
+    for issued in snapshot.history:
+        if issued.current or issued.record.authority != authority:
+            continue
+        if current is not None and issued.subject_key_id == current.subject_key_id:
+            continue
+        if issued.valid_at(now) and issued.subject_key_id in issuing_keys:
+            chosen.append(issued)
+    return chosen
+
+
+def _fingerprints(data: bytes) -> set[str]:
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return set()
+    return {fingerprint_sha256(c) for c in certificates}
+
+
+def _drift_reason(stored: bytes, snapshot: Snapshot, subject: str) -> str:
+    try:
+        certificates = x509.load_pem_x509_certificates(stored)
+    except ValueError:
+        return "drifted: content is not what the federation published"
+    known = snapshot.known_fingerprints()
+    foreign = [c for c in certificates if fingerprint_sha256(c) not in known]
+    if not foreign:
+        return "drifted: content differs from the federation's"
+    described = "; ".join(
+        f"{c.subject.rfc4514_string()} (sha256 {fingerprint_sha256(c)[:23]})"
+        for c in foreign
+    )
+    logger.warning(
+        "security: %s contains %d certificates the federation never issued: %s",
+        subject,
+        len(foreign),
+        described,
+    )
+    return f"foreign certificate present, to be removed: {described}"
 
 
 def _with_reason(action: Action, reason: str) -> Action:
@@ -581,16 +890,6 @@ def _key_change(record: KeyRecord, authority: AuthorityConfig) -> str | None:
 
 def _load_public_key(der: bytes) -> PublicKey:
     return serialization.load_der_public_key(der)  # type: ignore[return-value]
-
-
-def _authority_key_id(certificate: x509.Certificate) -> bytes | None:
-    try:
-        extension = certificate.extensions.get_extension_for_class(
-            x509.AuthorityKeyIdentifier
-        )
-    except x509.ExtensionNotFound:
-        return None
-    return extension.value.key_identifier
 
 
 def _signature_label(certificate: x509.Certificate) -> str:

@@ -345,17 +345,144 @@ def test_algorithm_change_rekeys(federation: Federation) -> None:
     assert names == ["issuing", "issuing-g2", "root"]
 
 
-def test_parent_signature_change_reissues_child(federation: Federation) -> None:
+def test_root_rotation_ordered(federation: Federation) -> None:
+    federation.run(apply=True)
+    old_root = x509.load_pem_x509_certificate(
+        (federation.directory / "out" / "trust.pem").read_bytes()
+    )
+    federation.document["authorities"]["root"]["key"] = "ec-p521"
+
+    # Pass 1: the new root is issued and published beside the old one; the
+    # issuing CA waits, because relying parties do not trust the new root yet.
+    first, outcomes = federation.run(apply=True)
+    bundle = load_pem_chain(federation.directory / "out" / "trust.pem")
+    issued_first = [
+        a.authority for a in first.actions if a.kind is ActionKind.ISSUE_CERTIFICATE
+    ]
+
+    assert issued_first == ["root"]
+    assert [w.object for w in first.waiting] == ["authority issuing"]
+    assert set(outcomes) == {"done"}
+    assert old_root in bundle
+    assert len(bundle) == 2
+
+    # Pass 2: every bundle serves the new root, so the issuing CA moves.
+    second, outcomes = federation.run(apply=True)
+    issued_second = [
+        a.authority for a in second.actions if a.kind is ActionKind.ISSUE_CERTIFICATE
+    ]
+    chain = load_pem_chain(federation.directory / "out" / "issuing-chain.pem")
+
+    assert issued_second == ["issuing"]
+    assert set(outcomes) == {"done"}
+    assert chain[1] != old_root
+    chain[0].verify_directly_issued_by(chain[1])
+
+    # The old root stays while the issuing CA's earlier certificate, which it
+    # signed, is unexpired.
+    third, _ = federation.run(apply=False)
+    bundle = load_pem_chain(federation.directory / "out" / "trust.pem")
+
+    assert third.empty
+    assert old_root in bundle
+
+
+def test_old_root_dropped_after_expiry(federation: Federation) -> None:
+    federation.run(apply=True)
+    old_root = x509.load_pem_x509_certificate(
+        (federation.directory / "out" / "trust.pem").read_bytes()
+    )
+    federation.document["authorities"]["root"]["key"] = "ec-p521"
+    federation.run(apply=True)
+    federation.run(apply=True)
+    # Past the old issuing certificate's expiry, nothing chains to the old root.
+    federation.now += datetime.timedelta(days=365 * 5 + 30)
+
+    plan, _ = federation.run(apply=True)
+    bundle = load_pem_chain(federation.directory / "out" / "trust.pem")
+
+    assert any(a.object_name == "trust.pem" for a in plan.actions)
+    assert old_root not in bundle
+    assert len(bundle) == 1
+
+
+def test_converge_runs_rotation_passes(federation: Federation) -> None:
     federation.run(apply=True)
     federation.document["authorities"]["root"]["key"] = "ec-p521"
+    federation.save()
+    config = load_config(federation.path)
+    store = Store(config.state_url)
+    try:
+        with Runtime(config) as runtime:
+            reconciler = Reconciler(
+                config, store, runtime, clock=lambda: federation.now
+            )
+            results = reconciler.converge()
+    finally:
+        store.close()
+
+    assert [bool(r.outcomes) for r in results] == [True, True, False]
+    assert results[-1].plan.empty
+
+
+def test_rekey_on_renewal(federation: Federation) -> None:
+    federation.document["authorities"]["issuing"]["rekey"] = True
+    federation.run(apply=True)
+    federation.now += datetime.timedelta(days=365 * 4 + 10)
+
+    plan, outcomes = federation.run(apply=True)
+    config = load_config(federation.path)
+    with Runtime(config) as runtime:
+        names = sorted(k.name or "" for k in runtime.provider("disk").list_keys())
+
+    assert kinds(plan)[:2] == ["create-key", "issue-certificate"]
+    assert plan.actions[0].reason.startswith("rekey on renewal")
+    assert set(outcomes) == {"done"}
+    assert names == ["issuing", "issuing-g2", "root"]
+
+
+def test_foreign_certificate_removed(federation: Federation) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    federation.run(apply=True)
+    bundle = federation.directory / "out" / "trust.pem"
+    original = bundle.read_bytes()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intruder Root")])
+    intruder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(federation.now)
+        .not_valid_after(federation.now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    bundle.write_bytes(original + intruder.public_bytes(serialization.Encoding.PEM))
 
     plan, outcomes = federation.run(apply=True)
 
-    issued = [
-        a.authority for a in plan.actions if a.kind is ActionKind.ISSUE_CERTIFICATE
-    ]
-    assert issued == ["root", "issuing"]
+    assert len(plan.actions) == 1
+    assert plan.actions[0].reason.startswith("foreign certificate present")
+    assert "CN=Intruder Root" in plan.actions[0].reason
+    assert outcomes == ["done"]
+    assert bundle.read_bytes() == original
+
+
+def test_undeclared_object_retired(federation: Federation) -> None:
+    federation.run(apply=True)
+    federation.document["authorities"]["issuing"]["publish"] = []
+
+    plan, outcomes = federation.run(apply=True)
+    again, _ = federation.run(apply=False)
+
+    assert kinds(plan) == ["retire", "retire"]
     assert set(outcomes) == {"done"}
+    assert not (federation.directory / "out" / "issuing.pem").exists()
+    assert (federation.directory / "out" / "trust.pem").exists()
+    assert again.empty
 
 
 def test_plan_json_format(federation: Federation) -> None:
