@@ -34,3 +34,12 @@ if [ ! -f ".venv/.installed-$extras" ] || [ pyproject.toml -nt ".venv/.installed
   .venv/bin/python -m pip install --quiet -e ".[$extras]"
   touch ".venv/.installed-$extras"
 fi
+
+# Azurite, the Azure Storage emulator, for the azure-blob target's tests. They
+# are skipped when Node.js and npm are missing.
+azurite_version=3.37.0
+if command -v npm >/dev/null 2>&1 && [ ! -f ".cache/azurite/.installed-$azurite_version" ]; then
+  echo "setup: installing azurite $azurite_version into .cache/azurite"
+  npm install --prefix .cache/azurite --no-audit --no-fund --silent "azurite@$azurite_version"
+  touch ".cache/azurite/.installed-$azurite_version"
+fi
