@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pkifed.config.durations import Duration
+from pkifed.config.policy import PolicyConfig
 from pkifed.providers.algorithms import HashName, KeyAlgorithm, RsaPadding
 
 # Names become parts of key labels, aliases and file names in every provider,
@@ -208,6 +209,10 @@ class FederationConfig(_Model):
     )
     bundles: dict[str, BundleConfig] = Field(
         default_factory=dict, description="Trust bundles by name."
+    )
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="Rules and waivers that pkifed report checks.",
     )
 
     @field_validator("providers", "authorities", "targets", "bundles")
