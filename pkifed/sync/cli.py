@@ -13,9 +13,11 @@ import click
 
 from pkifed import __version__
 from pkifed.config.loader import LoadedConfig, load_config
+from pkifed.config.policy import Severity
 from pkifed.errors import ConfigError, PkifedError
-from pkifed.federation.inventory import build_inventory
-from pkifed.federation.reports import render_json, render_table
+from pkifed.federation.reports import FORMATS as REPORT_FORMATS
+from pkifed.federation.reports import build_report
+from pkifed.federation.reports import render as render_report
 from pkifed.federation.runtime import Runtime
 from pkifed.federation.store import Store
 from pkifed.secrets import redact
@@ -156,15 +158,21 @@ def apply(config_path: Path) -> None:
         click.echo("Run apply again to continue the waiting steps.")
 
 
+# Exit status of ``report --fail-on`` when an unwaived finding is at or above
+# the threshold; 1 stays reserved for errors and 2 for plan's pending changes.
+REPORT_FAILED_EXIT = 3
+
+
 @cli.command()
 @CONFIG_OPTION
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["table", "json"]),
+    type=click.Choice(list(REPORT_FORMATS)),
     default="table",
     show_default=True,
-    help="Output format.",
+    help="Output format: a terminal table, JSON, CSV (one row per authority), "
+    "Markdown, or one self-contained HTML file.",
 )
 @click.option(
     "-o",
@@ -172,23 +180,58 @@ def apply(config_path: Path) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the report to this file instead of standard output.",
 )
-def report(config_path: Path, output_format: str, output: Path | None) -> None:
-    """Print the inventory of authorities and bundles from the state store."""
-    config = load_config(config_path, check_secrets=False)
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Describe each key in its provider, list provider keys and read every "
+    "published object before reporting, instead of reading the state store only.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice([str(severity) for severity in Severity]),
+    default=None,
+    help="Exit with status 3 when an unwaived finding has this severity or higher.",
+)
+def report(
+    config_path: Path,
+    output_format: str,
+    output: Path | None,
+    live: bool,
+    fail_on: str | None,
+) -> None:
+    """Report the inventory and the policy's findings; --fail-on gates on them.
+
+    Exit status: 0 when the report was written, 3 when --fail-on is set and an
+    unwaived finding is at or above it, 1 on an error.
+    """
+    # Secrets are needed only to talk to providers, so a report from the state
+    # store works without them.
+    config = load_config(config_path, check_secrets=live)
     store = Store(config.state_url)
+    runtime = Runtime(config) if live else None
     try:
         store.initialise()
-        inventory = build_inventory(config, store, utc_now())
+        result = build_report(config, store, utc_now(), runtime)
     finally:
+        if runtime is not None:
+            runtime.close()
         store.close()
-    text = (
-        render_json(inventory) if output_format == "json" else render_table(inventory)
-    )
+    text = render_report(result, output_format)
     if output is None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"Wrote {output}")
+    if fail_on is not None and result.policy.fails(Severity(fail_on)):
+        failing = sum(
+            1
+            for finding in result.policy.unwaived
+            if Severity(finding.severity).rank >= Severity(fail_on).rank
+        )
+        click.echo(
+            f"report: {failing} unwaived findings at or above {fail_on}", err=True
+        )
+        sys.exit(REPORT_FAILED_EXIT)
 
 
 @cli.group()
