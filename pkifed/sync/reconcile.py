@@ -372,26 +372,26 @@ class Reconciler:
     def _wait_for_parent(
         self, state: _PlanState, name: str, authority: AuthorityConfig, reason: str
     ) -> str | None:
-        """Why moving ``name`` under its parent's new key must wait, if it must.
+        """Why issuing ``name`` under its parent's new key must wait, if it must.
 
-        Relying parties trust the parent's new certificate only once their
-        bundle contains it, so a child moves only after every bundle that
-        holds the parent serves the parent's current certificate.
+        Relying parties trust the parent's new key only once their bundle
+        contains its certificate, so while a parent in a bundle is rotating, a
+        child is issued only after every such bundle serves the parent's
+        current certificate, as read back at the start of this pass.
         """
         parent = authority.parent
-        moving = reason.startswith(("parent ", "issued by an earlier key"))
-        if parent is None or not moving:
+        if parent is None:
             return None
         holders = [
             d
             for d in self._desired_objects()
             if d.is_bundle and parent in d.authorities
         ]
-        if not holders:
+        if not holders or not self._rotating(state, parent):
             return None
         if parent in state.new_certificates:
             return (
-                f"{reason}; it moves once the new certificate of {parent} is "
+                f"{reason}; issued once the new certificate of {parent} is "
                 "published to every bundle and read back"
             )
         parent_issued = state.snapshot.current_certificate(parent)
@@ -409,6 +409,26 @@ class Reconciler:
                     f"new certificate of {parent} in {desired.object_name}"
                 )
         return None
+
+    def _rotating(self, state: _PlanState, authority: str) -> bool:
+        """Whether ``authority`` has had a certificate for another key before.
+
+        The first certificate of a new federation needs no waiting, because no
+        certificate chains to an earlier key that relying parties might hold.
+        """
+        if authority in state.new_keys:
+            return any(
+                issued.record.authority == authority
+                for issued in state.snapshot.history
+            )
+        current = state.snapshot.current_certificate(authority)
+        if current is None:
+            return False
+        return any(
+            issued.record.authority == authority
+            and issued.subject_key_id != current.subject_key_id
+            for issued in state.snapshot.history
+        )
 
     def _desired_objects(self) -> list[_DesiredObject]:
         desired = []
