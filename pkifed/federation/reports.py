@@ -106,7 +106,7 @@ class Report:
     policy: PolicyResult
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document, as ``docs/report.schema.json`` describes it."""
+        """Build the JSON document that ``docs/report.schema.json`` describes."""
         inventory = self.inventory.to_dict()
         return {
             "format_version": FORMAT_VERSION,
@@ -122,11 +122,11 @@ class Report:
         }
 
     def findings_for(self, authority: str) -> list[Finding]:
-        """Unwaived findings about one authority."""
+        """List the unwaived findings about one authority."""
         return [f for f in self.policy.unwaived if f.authority == authority]
 
     def worst_severity(self, authority: str) -> Severity | None:
-        """The highest unwaived severity of an authority's findings."""
+        """Return the highest severity of an authority's unwaived findings."""
         return max(
             (Severity(f.severity) for f in self.findings_for(authority)),
             key=lambda s: s.rank,
@@ -149,7 +149,7 @@ def build_report(
 
 
 def render_json(report: Report) -> str:
-    """The report as indented JSON, keys in a stable order."""
+    """Render the report as indented JSON, keys in a stable order."""
     return json.dumps(report.to_dict(), indent=2) + "\n"
 
 
@@ -189,7 +189,7 @@ def _targets_summary(entry: AuthorityEntry) -> str:
 
 
 def render_table(report: Report) -> str:
-    """The report as aligned text tables for a terminal."""
+    """Render the report as aligned text tables for a terminal."""
     inventory = report.inventory
     mode = "live" if inventory.live else "from the state store"
     authority_rows = [
@@ -328,15 +328,15 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     text = str(value)
-    # OWASP's advice against formula injection: text a spreadsheet would read as
-    # a formula gets a leading apostrophe.
+    # Text a spreadsheet would evaluate as a formula gets a leading apostrophe,
+    # so opening the file runs nothing.
     if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + text
     return text
 
 
 def render_csv(report: Report) -> str:
-    """One row per authority, with the columns :data:`CSV_COLUMNS` lists."""
+    """Render one row per authority, with the columns :data:`CSV_COLUMNS` lists."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -350,7 +350,7 @@ def render_csv(report: Report) -> str:
 
 
 def _md(value: Any) -> str:
-    """A table cell: pipes escaped, line breaks and HTML brackets neutralised."""
+    """Escape a table cell's pipes and HTML brackets, and join its lines."""
     text = "" if value is None else str(value)
     text = text.replace("\\", "\\\\").replace("|", "\\|")
     text = text.replace("<", "&lt;").replace(">", "&gt;")
@@ -364,7 +364,7 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def render_markdown(report: Report) -> str:
-    """A summary, the findings table and the inventory table, in Markdown."""
+    """Render a summary, the findings and the inventory tables in Markdown."""
     inventory = report.inventory
     summary = report.policy.summary()
     counts = summary["findings"]

@@ -1,8 +1,7 @@
 """The HTML report: one self-contained page with inline CSS and inline SVG.
 
-The page has no scripts and references no URL, so it renders the same offline,
-in a mail client or in a sandboxed viewer. Every value is escaped with
-:func:`html.escape`.
+The page has no scripts and references no URL, so it renders the same offline.
+Every value is escaped with :func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -255,7 +254,7 @@ def _bundles(report: Report) -> str:
 
 
 def render_html(report: Report) -> str:
-    """The report as one HTML page with no external references."""
+    """Render the report as one HTML page with no external references."""
     inventory = report.inventory
     colours = _colours(report)
     mode = "live observation" if inventory.live else "state store only"
