@@ -295,11 +295,16 @@ class Store:
         try:
             connection = self.engine.connect()
         except SQLAlchemyError as error:
+            if self.engine.dialect.name == "sqlite":
+                advice = "check that the file's directory exists and is writable"
+            else:
+                advice = (
+                    "check that the database server is running and that the state "
+                    "URL's host, port, database name and credentials are right"
+                )
             raise StateError(
                 f"state store {where} is unreachable "
-                f"({_error_text(self.url, error)}); check that the database server "
-                "is running and that the state URL's host, port, database name and "
-                "credentials are right"
+                f"({_error_text(self.url, error)}); {advice}"
             ) from error
         try:
             with connection, connection.begin():

@@ -466,6 +466,20 @@ def test_unreachable_postgres_one_line(caplog: pytest.LogCaptureFixture) -> None
     assert PASSWORD not in caplog.text
 
 
+def test_unreachable_sqlite_names_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    store = Store(f"sqlite:///{directory}")
+
+    with pytest.raises(StateError) as caught:
+        store.initialise()
+    store.close()
+
+    assert "is unreachable" in str(caught.value)
+    assert "unable to open database file" in str(caught.value)
+    assert "directory exists and is writable" in str(caught.value)
+
+
 def test_unusable_sqlite_path_rejected(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory", encoding="utf-8")
 
