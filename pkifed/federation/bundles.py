@@ -20,13 +20,17 @@ def _sort_key(certificate: x509.Certificate) -> tuple[str, bytes]:
     )
 
 
-def pem_bundle(certificates: Iterable[x509.Certificate]) -> bytes:
-    """Concatenate PEM certificates sorted by subject, then by fingerprint.
-
-    Duplicates are written once.
-    """
+def canonical_order(
+    certificates: Iterable[x509.Certificate],
+) -> list[x509.Certificate]:
+    """Sort certificates by subject, then by fingerprint, dropping duplicates."""
     unique = {c.fingerprint(hashes.SHA256()): c for c in certificates}
-    ordered = sorted(unique.values(), key=_sort_key)
+    return sorted(unique.values(), key=_sort_key)
+
+
+def pem_bundle(certificates: Iterable[x509.Certificate]) -> bytes:
+    """Concatenate PEM certificates in canonical order (see canonical_order)."""
+    ordered = canonical_order(certificates)
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in ordered)
 
 
