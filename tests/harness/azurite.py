@@ -1,10 +1,10 @@
 """A local Azure Blob service for tests: Azurite behind a fault-injecting proxy.
 
 Azurite (the npm package, installed by scripts/setup.sh into .cache/azurite)
-runs as a child process on 127.0.0.1 and a port the operating system picks;
-the port is read from its startup line. It serves the public development
-account ``devstoreaccount1``, whose key Microsoft documents in "Use the Azurite
-emulator for local Azure Storage development"; it guards nothing.
+runs as a child process on 127.0.0.1 and a port the operating system picks.
+The harness reads that port from Azurite's startup line. Azurite serves the
+development account ``devstoreaccount1``, whose key is published in Azurite's
+README and guards nothing.
 
 Checked against Azurite 3.37.0: a Put Blob with ``If-None-Match: *`` on an
 existing blob fails with 409 ``BlobAlreadyExists``, and a failed ``If-Match``
@@ -164,7 +164,7 @@ class Azurite:
         return name
 
     def fail(self, count: int, code: str = "ServerBusy", status: int = 503) -> None:
-        """Answer the next ``count`` requests with an Azure Storage error."""
+        """Fail the next ``count`` requests with an Azure Storage error."""
         if self.proxy is None:
             raise RuntimeError("Azurite is not started")
         body = (

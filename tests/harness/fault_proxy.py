@@ -1,6 +1,6 @@
 """A forwarding HTTP proxy on 127.0.0.1 that injects faults into a local service.
 
-Tests point a client at the proxy instead of the service. The proxy can answer
+Tests point a client at the proxy instead of the service. The proxy can fail
 the next N requests with an error of the test's choosing, and can serialise
 conditional writes (PUT, POST or DELETE with If-Match or If-None-Match) so a
 fake that checks a precondition and then writes in two unlocked steps behaves
@@ -98,7 +98,7 @@ class FaultProxy:
         body: bytes = b"",
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
-        """Answer the next ``count`` requests with ``status`` and ``body``."""
+        """Fail the next ``count`` requests with ``status`` and ``body``."""
         with self._lock:
             self._faults.append(_Fault(status, list(headers or []), body, count))
 

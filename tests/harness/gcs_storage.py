@@ -2,7 +2,7 @@
 
 :class:`GcsEmulator` runs gcp-storage-emulator (2026.7.19) in this process.
 Checked against it with google-cloud-storage 3.17: it accepts every upload and
-delete whatever ``ifGenerationMatch`` says (its handlers never read the
+delete whatever the value of ``ifGenerationMatch`` (its handlers never read the
 parameter), and its downloads carry no ``x-goog-generation`` header.
 
 :class:`GenerationStore` is this project's own fake of the JSON API subset that
@@ -155,7 +155,7 @@ class GenerationStore:
         return name
 
     def fail(self, count: int, status: int = 503) -> None:
-        """Answer the next ``count`` object requests with ``status``."""
+        """Fail the next ``count`` object requests with ``status``."""
         with self._lock:
             self._failures.append([count, status])
 

@@ -105,7 +105,7 @@ def test_emulator_ignores_generation(emulator: GcsEmulator) -> None:
     bucket = emulator.create_bucket()
     target = make_target(emulator.endpoint, bucket, unique_prefix())
     target.write("root.pem", b"one", None)
-    # Cloud Storage would answer 412; the emulator overwrites.
+    # Cloud Storage would return 412, but the emulator overwrites.
     target.write("root.pem", b"two", None)
     stored = target.read("root.pem")
     assert stored is not None

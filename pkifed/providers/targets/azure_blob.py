@@ -1,9 +1,8 @@
 """The ``azure-blob`` publish target: block blobs in an Azure Storage container.
 
-Versions are ETags. Writes are conditional on the server: ``If-None-Match: *``
-when the blob must not exist yet and ``If-Match: <ETag>`` otherwise (Azure
-Storage REST reference, "Specifying conditional headers for Blob service
-operations"); deletes send ``If-Match`` too. A failed condition comes back as
+Versions are ETags. Writes are conditional on the server, with
+``If-None-Match: *`` when the blob must not exist yet and ``If-Match: <ETag>``
+otherwise. Deletes send ``If-Match`` too. A failed condition comes back as
 412 ``ConditionNotMet``, or as 409 ``BlobAlreadyExists`` for ``If-None-Match``
 on an existing blob (Azurite 3.37 answers that way); both mean another writer
 got there first.
@@ -48,11 +47,10 @@ from pkifed.secrets import SecretRef
 logger = logging.getLogger(__name__)
 
 # The one table from Azure Storage errors to pkifed errors. Keys are the
-# service's error codes (Blob service error codes and common REST error codes
-# in the Azure Storage REST reference) or azure-core and azure-identity
-# exception class names, matched along the exception's class hierarchy. An
-# unlisted code maps to a temporary error for HTTP 429 and 5xx and to a
-# permanent one otherwise.
+# service's error codes, or azure-core and azure-identity exception class
+# names, which are matched along the exception's class hierarchy. An unlisted
+# code maps to a temporary error for HTTP 429 and 5xx and to a permanent one
+# otherwise.
 _ERRORS: dict[str, type[ProviderError]] = {
     "ConditionNotMet": PreconditionFailedError,
     "BlobAlreadyExists": PreconditionFailedError,
@@ -76,9 +74,8 @@ _ERRORS: dict[str, type[ProviderError]] = {
     "CredentialUnavailableError": AccessDeniedError,
 }
 
-# Container names (REST reference, "Naming and referencing containers"): 3 to
-# 63 lowercase letters, digits and single '-', starting and ending with a
-# letter or digit.
+# Container names are 3 to 63 lowercase letters, digits and single '-',
+# starting and ending with a letter or digit.
 _CONTAINER = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
 _ACCOUNT = r"^[a-z0-9]{3,24}$"
 

@@ -1,8 +1,9 @@
 """The ``gcs`` publish target: objects in a Google Cloud Storage bucket.
 
-Versions are object generations. Writes send ``ifGenerationMatch``: ``0`` when
-the object must not exist yet, its generation otherwise; deletes send the
-generation too (Cloud Storage documentation, "Request preconditions"). A read
+Versions are object generations. Writes send ``ifGenerationMatch``, which is
+``0`` when the object must not exist yet and its generation otherwise. Deletes
+send the generation too, and Cloud Storage answers a failed condition with 412.
+A read
 fetches the object's metadata, then downloads its content on the condition
 that the generation is still the same, so content and version always belong
 together.

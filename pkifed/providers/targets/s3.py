@@ -2,9 +2,9 @@
 
 Versions are ETags. Writes are conditional on the server: ``IfNoneMatch="*"``
 when the object must not exist yet and ``IfMatch=<ETag>`` otherwise (S3 User
-Guide, "Add preconditions to S3 operations with conditional requests"), so two
-writers racing on the same version cannot both succeed. Deletes send
-``IfMatch`` too.
+Guide, "How to prevent object overwrites with conditional writes"). S3 checks
+and writes atomically, so two writers racing on the same version cannot both
+succeed. Deletes send ``IfMatch`` too.
 
 Credentials come from boto3's standard chain (environment variables, shared
 config files, web identity, container or instance roles); none are written in
