@@ -37,10 +37,12 @@ def _cell(value: object, css: str = "") -> str:
 
 
 def _colours(report: Report) -> dict[str, str]:
+    # Info findings are advice, so an authority with nothing worse is drawn as ok.
     colours = {}
     for entry in report.inventory.authorities:
         worst = report.worst_severity(entry.name)
-        colours[entry.name] = SEVERITY_COLOURS[str(worst) if worst else "ok"]
+        key = "ok" if worst in (None, Severity.INFO) else str(worst)
+        colours[entry.name] = SEVERITY_COLOURS[key]
     return colours
 
 

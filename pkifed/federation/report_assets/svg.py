@@ -15,7 +15,7 @@ from html import escape
 from pkifed.federation.inventory import AuthorityEntry, Inventory
 from pkifed.federation.report_assets.style import PROVIDER_FILLS, SEVERITY_COLOURS
 
-NODE_WIDTH = 210
+NODE_WIDTH = 236
 NODE_HEIGHT = 66
 NODE_GAP = 18
 ROW_HEIGHT = 112
@@ -148,11 +148,11 @@ def _node(placed: _Placed, colour: str) -> str:
         f'<rect x="{x}" y="{y}" width="6" height="{NODE_HEIGHT}" rx="3" '
         f'fill="{colour}"/>'
         f'<text x="{x + 16}" y="{y + 21}" font-size="14" font-weight="600" '
-        f'fill="#0f172a">{_text(entry.name, 24)}</text>'
+        f'fill="#0f172a">{_text(entry.name, 26)}</text>'
         f'<text x="{x + 16}" y="{y + 39}" font-size="12" fill="#475569">'
-        f"{_text(detail, 30)}</text>"
+        f"{_text(detail, 34)}</text>"
         f'<text x="{x + 16}" y="{y + 56}" font-size="12" fill="#475569">'
-        f"{_text(footer, 30)}</text></g>"
+        f"{_text(footer, 34)}</text></g>"
     )
 
 
