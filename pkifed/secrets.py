@@ -101,11 +101,13 @@ class SecretRef:
             ) from None
 
     def check(self) -> str | None:
-        """Return why the reference cannot be resolved, or None when it can."""
+        """Return why the reference cannot be used, or None when it can."""
         try:
-            self.resolve()
+            value = self.resolve()
         except SecretError as error:
             return str(error)
+        if not value:
+            return f"secret {self.reference} is empty"
         return None
 
     def __repr__(self) -> str:

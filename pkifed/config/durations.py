@@ -20,6 +20,10 @@ _UNITS = {
     "m": timedelta(minutes=1),
     "s": timedelta(seconds=1),
 }
+# Certificates end in 9999 at the latest (RFC 5280 section 4.1.2.5), so a
+# century leaves room for any real CA while keeping datetime arithmetic in range.
+MAX_DURATION = timedelta(days=36500)
+
 _PATTERN = re.compile(r"^(?P<count>\d+)\s*(?P<unit>y|mo|w|d|h|m|s)$")
 
 
@@ -35,7 +39,11 @@ def parse_duration(value: Any) -> timedelta:
             f"invalid duration {value!r}; expected a number and a unit "
             "(y, mo, w, d, h, m, s), such as '90d' or '20y'"
         )
-    duration = int(match["count"]) * _UNITS[match["unit"]]
+    count = int(match["count"])
+    unit = _UNITS[match["unit"]]
+    if count * unit.total_seconds() > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {value!r} is longer than the maximum, 100y")
+    duration = count * unit
     if duration <= timedelta(0):
         raise ValueError(f"duration {value!r} must be longer than zero")
     return duration

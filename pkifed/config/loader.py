@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import make_url
 
-from pkifed.config.names import build_name_constraints, parse_subject
+from pkifed.config.names import parse_general_name, parse_subject
 from pkifed.config.schema import AuthorityConfig, FederationConfig
 from pkifed.errors import ConfigError, PluginError, Problem
 from pkifed.providers.base import KeyProvider
@@ -43,10 +45,21 @@ class LoadedConfig:
 
     @property
     def state_url(self) -> str:
-        """The state store's URL, defaulting to SQLite beside the config file."""
-        if self.model.state:
-            return self.model.state
-        return f"sqlite:///{self.base_dir / '.pkifed' / (self.model.name + '.db')}"
+        """The state store's URL, defaulting to SQLite beside the config file.
+
+        A relative SQLite path is resolved against the config file's directory,
+        like every other path in the file.
+        """
+        if not self.model.state:
+            return f"sqlite:///{self.base_dir / '.pkifed' / (self.model.name + '.db')}"
+        url = make_url(self.model.state)
+        database = url.database
+        if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+            path = Path(database).expanduser()
+            if not path.is_absolute():
+                url = url.set(database=str(self.base_dir / path))
+                return url.render_as_string(hide_password=False)
+        return self.model.state
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -91,32 +104,45 @@ def _read_yaml(path: Path) -> Any:
         ) from None
 
 
+# Location parts pydantic adds for union members and validators; they name
+# Python types, not fields of the file.
+_TYPE_PART = re.compile(r"^(?:[A-Z]\w*|str|int|float|bool|list|dict|none)$|[\[\]-]")
+_NAME_RULE = (
+    "use 1 to 48 lowercase letters, digits and hyphens, starting and ending with "
+    "a letter or digit"
+)
+
+
+def _problem_of(item: Any, prefix: str) -> Problem:
+    location = [str(part) for part in item["loc"]]
+    location = [part for part in location if not _TYPE_PART.search(part)]
+    path = ".".join(filter(None, [prefix, *location]))
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
+        return Problem(path, "unknown field")
+    if item["type"] == "string_pattern_mismatch":
+        message = f"invalid name: {_NAME_RULE}"
+    quiet = {"missing", SECRET_ERROR_TYPE}
+    value = item.get("input")
+    if item["type"] not in quiet and "input" in item:
+        shown = repr(value)
+        if not isinstance(value, dict | list) and shown not in message:
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            message = f"{message} (got {shown})"
+    return Problem(path, message)
+
+
 def _pydantic_problems(error: ValidationError, prefix: str = "") -> list[Problem]:
-    problems = []
+    # A union reports one error per member for the same value; they are joined
+    # into one problem per path so the reader sees every accepted form once.
+    by_path: dict[str, list[str]] = {}
     for item in error.errors(include_url=False):
-        location = [str(part) for part in item["loc"]]
-        # Union members add their type names to the location, which only confuses.
-        location = [
-            p
-            for p in location
-            if p not in {"KeyAlgorithm", "KeyAdoption", "str"}
-            and not p.startswith(("function-", "dict[", "literal["))
-        ]
-        path = ".".join(filter(None, [prefix, *location]))
-        message = item["msg"]
-        quiet = {"missing", "extra_forbidden", SECRET_ERROR_TYPE}
-        if item["type"] not in quiet and "input" in item:
-            value = item["input"]
-            if not isinstance(value, dict | list):
-                message = f"{message} (got {value!r})"
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        problems.append(Problem(path, message))
-    # Union errors repeat one problem per member; keep the first of each path.
-    unique: dict[tuple[str, str], Problem] = {}
-    for problem in problems:
-        unique.setdefault((problem.path, problem.message), problem)
-    return list(unique.values())
+        problem = _problem_of(item, prefix)
+        messages = by_path.setdefault(problem.path, [])
+        if problem.message not in messages:
+            messages.append(problem.message)
+    return [Problem(path, "; or ".join(messages)) for path, messages in by_path.items()]
 
 
 def _validate_plugin(
@@ -307,10 +333,21 @@ def _check_authority(
     except ValueError as error:
         problems.append(Problem(f"{base}.subject", str(error)))
     if authority.name_constraints is not None:
-        try:
-            build_name_constraints(authority.name_constraints)
-        except ValueError as error:
-            problems.append(Problem(f"{base}.name_constraints", str(error)))
+        constraints = authority.name_constraints
+        for field_name in ("permitted", "excluded"):
+            for index, entry in enumerate(getattr(constraints, field_name)):
+                try:
+                    parse_general_name(entry)
+                except ValueError as error:
+                    path = f"{base}.name_constraints.{field_name}.{index}"
+                    problems.append(Problem(path, str(error)))
+        if not constraints.permitted and not constraints.excluded:
+            problems.append(
+                Problem(
+                    f"{base}.name_constraints",
+                    "needs at least one permitted or excluded name",
+                )
+            )
 
     algorithm = authority.algorithm
     if authority.signature is not None and not algorithm.is_rsa:
@@ -340,6 +377,14 @@ def _check_authority(
             )
         )
 
+    if algorithm.family == "ml-dsa":
+        problems.append(
+            Problem(
+                f"{base}.key",
+                f"{algorithm} keys cannot sign CA certificates through a provider yet; "
+                "use an EC or RSA algorithm",
+            )
+        )
     plugin = providers.get(authority.provider)
     if plugin is not None:
         offered = plugin.plugin.offered_algorithms(plugin.settings)
@@ -403,7 +448,6 @@ def _days(value: Any) -> str:
 def _check_state_url(model: FederationConfig) -> list[Problem]:
     if model.state is None:
         return []
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -38,10 +39,12 @@ def parse_subject(subject: str | dict[str, str]) -> x509.Name:
             name is empty.
     """
     if isinstance(subject, str):
+        shown = subject if len(subject) <= 80 else subject[:77] + "..."
         try:
             name = x509.Name.from_rfc4514_string(subject)
         except ValueError as error:
-            raise ValueError(f"invalid RFC 4514 name {subject!r}: {error}") from None
+            detail = str(error) or "expected ATTRIBUTE=value pairs separated by commas"
+            raise ValueError(f"invalid RFC 4514 name {shown!r}: {detail}") from None
     else:
         attributes = []
         keys = {
@@ -66,6 +69,33 @@ def parse_subject(subject: str | dict[str, str]) -> x509.Name:
     return name
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _check_dns_name(value: str, entry: str) -> str:
+    # RFC 5280 section 4.2.1.10: a DNS constraint is a host or domain name,
+    # optionally with a leading period for subdomains only. Names outside
+    # ASCII must be written as A-labels (xn--...).
+    labels = value.removeprefix(".").split(".")
+    if not value.isascii() or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError(
+            f"invalid DNS name in {entry!r}; expected labels of letters, digits and "
+            "hyphens separated by dots (IDNs as xn-- A-labels), such as example.com "
+            "or .example.com"
+        )
+    return value
+
+
+def _check_email(value: str, entry: str) -> str:
+    # RFC 5280 section 4.2.1.10: a mailbox, a host, or a domain with a
+    # leading period.
+    local, at, domain = value.rpartition("@")
+    if at and (not local or any(c.isspace() for c in local)):
+        raise ValueError(f"invalid email constraint in {entry!r}")
+    _check_dns_name(domain, entry)
+    return value
+
+
 def parse_general_name(entry: str) -> x509.GeneralName:
     """Parse ``TYPE:VALUE`` (dns, email, ip, uri, dn) into a general name.
 
@@ -78,9 +108,9 @@ def parse_general_name(entry: str) -> x509.GeneralName:
     if not separator or not value:
         raise ValueError(f"invalid name constraint {entry!r}; expected TYPE:VALUE")
     if kind == "dns":
-        return x509.DNSName(value)
+        return x509.DNSName(_check_dns_name(value, entry))
     if kind == "email":
-        return x509.RFC822Name(value)
+        return x509.RFC822Name(_check_email(value, entry))
     if kind == "uri":
         return x509.UniformResourceIdentifier(value)
     if kind == "dn":

@@ -96,6 +96,7 @@ class AuthorityConfig(_Model):
     path_length: int | None = Field(
         default=None,
         ge=0,
+        le=32,
         description="Maximum number of CAs allowed below this one; absent: no limit.",
     )
     name_constraints: NameConstraintsConfig | None = Field(

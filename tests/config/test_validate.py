@@ -257,7 +257,9 @@ def test_invalid_name_constraint(tmp_path: Path) -> None:
     document["authorities"]["issuing"]["name_constraints"] = {"permitted": ["ftp:x"]}
 
     assert any(
-        p.startswith("authorities.issuing.name_constraints: unknown name constraint")
+        p.startswith(
+            "authorities.issuing.name_constraints.permitted.0: unknown name constraint"
+        )
         for p in problems_of(tmp_path, document)
     )
 
@@ -328,3 +330,67 @@ def test_invalid_name(tmp_path: Path) -> None:
     document["targets"]["Out_Dir"] = document["targets"].pop("out")
 
     assert any("invalid name 'Out_Dir'" in p for p in problems_of(tmp_path, document))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["dns:exa mple..com", "email:@x.com", "dns:-bad.example", "dns:bücher.example"],
+)
+def test_malformed_name_constraint(tmp_path: Path, entry: str) -> None:
+    document = base_config()
+    document["authorities"]["issuing"]["name_constraints"] = {"permitted": [entry]}
+
+    problems = problems_of(tmp_path, document)
+    assert any(
+        p.startswith("authorities.issuing.name_constraints.permitted.0: invalid")
+        for p in problems
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("validity", "99999999y"), ("validity", "1000000000mo"), ("path_length", 10**30)],
+)
+def test_huge_values_rejected(tmp_path: Path, field: str, value: object) -> None:
+    document = base_config()
+    document["authorities"]["root"][field] = value
+
+    problems = problems_of(tmp_path, document)
+    assert any(p.startswith(f"authorities.root.{field}") for p in problems)
+
+
+def test_empty_secret_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PKIFED_TEST_PASSPHRASE", "")
+
+    assert any(
+        "secret ${env:PKIFED_TEST_PASSPHRASE} is empty" in p
+        for p in problems_of(tmp_path, base_config())
+    )
+
+
+def test_ml_dsa_rejected_for_now(tmp_path: Path) -> None:
+    document = base_config()
+    document["authorities"]["issuing"]["key"] = "ml-dsa-65"
+
+    assert any(
+        p.startswith("authorities.issuing.key: ml-dsa-65 keys cannot sign")
+        for p in problems_of(tmp_path, document)
+    )
+
+
+def test_relative_state_url_beside_config(tmp_path: Path) -> None:
+    document = base_config()
+    document["state"] = "sqlite:///state/pkifed.db"
+
+    config = load_config(write(tmp_path, document))
+
+    assert config.state_url == f"sqlite:///{tmp_path / 'state' / 'pkifed.db'}"
+
+
+def test_union_errors_joined(tmp_path: Path) -> None:
+    document = base_config()
+    document["authorities"]["root"]["subject"] = ["CN=x"]
+
+    problems = [p for p in problems_of(tmp_path, document) if "subject" in p]
+    assert len(problems) == 1
+    assert "Value error" not in problems[0]
