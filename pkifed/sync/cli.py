@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
@@ -10,11 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from sqlalchemy.engine import make_url
 
 from pkifed import __version__
 from pkifed.config.loader import LoadedConfig, load_config
 from pkifed.config.policy import Severity
 from pkifed.errors import ConfigError, PkifedError
+from pkifed.federation.locking import exclusive_run
 from pkifed.federation.reports import FORMATS as REPORT_FORMATS
 from pkifed.federation.reports import build_report
 from pkifed.federation.reports import render as render_report
@@ -27,6 +30,11 @@ from pkifed.sync.reconcile import ActionOutcome, Reconciler, utc_now
 
 logger = logging.getLogger(__name__)
 
+
+class OutputError(PkifedError):
+    """A file the command line was told to write cannot be written."""
+
+
 CONFIG_OPTION = click.option(
     "-c",
     "--config",
@@ -37,17 +45,39 @@ CONFIG_OPTION = click.option(
 )
 
 
+def _reading_url(config: LoadedConfig) -> str:
+    """The state URL for a command that only reads.
+
+    A SQLite file that does not exist yet means nothing was applied, so an
+    empty in-memory store stands in for it instead of creating the file.
+    """
+    url = make_url(config.state_url)
+    database = url.database
+    is_file = url.get_backend_name() == "sqlite" and database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if is_file and not Path(str(database)).exists():
+        return "sqlite://"
+    return config.state_url
+
+
 @contextmanager
-def _session(config_path: Path) -> Iterator[tuple[LoadedConfig, Store, Runtime]]:
+def _session(
+    config_path: Path, *, writing: bool
+) -> Iterator[tuple[LoadedConfig, Store, Runtime]]:
     config = load_config(config_path)
-    store = Store(config.state_url)
-    store.initialise()
-    runtime = Runtime(config)
-    try:
+    with contextlib.ExitStack() as stack:
+        if writing:
+            stack.enter_context(exclusive_run(config.state_url))
+            store = Store(config.state_url)
+        else:
+            store = Store(_reading_url(config))
+        stack.callback(store.close)
+        store.initialise()
+        runtime = stack.enter_context(Runtime(config))
         yield config, store, runtime
-    finally:
-        runtime.close()
-        store.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +122,7 @@ def validate(config_path: Path) -> None:
 )
 def plan(config_path: Path, as_json: bool, detailed_exitcode: bool) -> None:
     """Show what apply would change, and why."""
-    with _session(config_path) as (config, store, runtime):
+    with _session(config_path, writing=False) as (config, store, runtime):
         result = Reconciler(config, store, runtime).plan()
     if as_json:
         click.echo(result.to_json())
@@ -130,7 +160,7 @@ def apply(config_path: Path) -> None:
         detail = f": {outcome.message}" if outcome.message else ""
         click.echo(f"  [{mark}] {outcome.action.kind} {outcome.action.object}{detail}")
 
-    with _session(config_path) as (config, store, runtime):
+    with _session(config_path, writing=True) as (config, store, runtime):
         reconciler = Reconciler(config, store, runtime, on_progress=progress)
         results = reconciler.converge()
     applied = [r for r in results if r.outcomes]
@@ -207,7 +237,7 @@ def report(
     # Secrets are needed only to talk to providers, so a report from the state
     # store works without them.
     config = load_config(config_path, check_secrets=live)
-    store = Store(config.state_url)
+    store = Store(_reading_url(config))
     runtime = Runtime(config) if live else None
     try:
         store.initialise()
@@ -220,7 +250,11 @@ def report(
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            message = f"cannot write the report to {output}: {error.strerror}"
+            raise OutputError(message) from None
         click.echo(f"Wrote {output}")
     if fail_on is not None and result.policy.fails(Severity(fail_on)):
         failing = sum(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -33,6 +34,7 @@ from pkifed.config.schema import AuthorityConfig, KeyAdoption
 from pkifed.errors import KeyNotFoundError, PkifedError, StateError, TemporaryError
 from pkifed.federation import bundles
 from pkifed.federation.certificates import (
+    IssuanceError,
     Issuer,
     build_ca_certificate,
     fingerprint_sha256,
@@ -163,7 +165,9 @@ class Reconciler:
             provider = self.runtime.provider(authority.provider)
             if record is not None and _key_change(record, authority) is None:
                 calls[name] = _bind(provider.describe_key, record.uri)
-            elif not isinstance(authority.key, KeyAdoption):
+            elif isinstance(authority.key, KeyAdoption):
+                calls[name] = _bind(provider.describe_key, authority.key.uri)
+            else:
                 generation = snapshot.next_generations.get(name, 1)
                 calls[name] = _bind(provider.find_key, key_name(name, generation))
         return run_bounded(calls, self._concurrency)
@@ -296,14 +300,18 @@ class Reconciler:
         subject = f"authority {name}"
         change = _key_change(record, authority) if record is not None else None
         reason = f"key changed: {change}" if change else "missing"
+        outcome = state.key_outcomes[name]
         if isinstance(authority.key, KeyAdoption):
+            problem = _adoption_problem(authority, outcome)
+            if problem is not None:
+                state.problems.append(PlanProblem(subject, problem))
+                return None
             return Action(
                 ActionKind.ADOPT_KEY,
                 subject,
                 f"{reason}; adopting {authority.key.uri}",
                 authority=name,
             )
-        outcome = state.key_outcomes[name]
         if outcome.error is not None:
             source = f"provider {authority.provider}"
             state.problems.append(
@@ -683,6 +691,7 @@ class Reconciler:
             issuer: Issuer | None = None
             own_key = None
             parent_serial = None
+            parent_key = key
             if authority.parent is None:
                 own_key = self.runtime.provider(key.provider).private_key(
                     key.uri, public
@@ -717,9 +726,18 @@ class Reconciler:
         )
         # A faulty signer must be caught here, before anything depends on the
         # certificate: verify it with the issuer's public key, offline.
-        certificate.verify_directly_issued_by(
-            issuer.certificate if issuer is not None else certificate
-        )
+        signing_key = key if issuer is None else parent_key
+        try:
+            certificate.verify_directly_issued_by(
+                issuer.certificate if issuer is not None else certificate
+            )
+        except InvalidSignature:
+            raise IssuanceError(
+                f"the signature made with key {signing_key.uri} does not verify with "
+                "the public key recorded for it; the key in provider "
+                f"{signing_key.provider} is not the one pkifed created or adopted. "
+                "Nothing was recorded or published"
+            ) from None
 
         with self._write_lock, self.store.transaction() as session:
             previous = self.store.current_certificate(session, name)
@@ -824,9 +842,33 @@ def _bind(function: Callable[[str], _Result], argument: str) -> Callable[[], _Re
 
 
 def _observation_failure(source: str, error: PkifedError) -> str:
+    # Provider and target errors already name their source, so only the
+    # retry decision is added.
     if isinstance(error, TemporaryError):
         return f"{source} is unavailable ({error}); will be retried on the next run"
-    return f"{source}: {error}"
+    return str(error)
+
+
+def _adoption_problem(authority: AuthorityConfig, outcome: KeyOutcome) -> str | None:
+    """Why the configured key cannot be adopted, from its observation."""
+    if not isinstance(authority.key, KeyAdoption):
+        return None
+    uri = authority.key.uri
+    if isinstance(outcome.error, KeyNotFoundError):
+        return f"key {uri} to adopt was not found in provider {authority.provider}"
+    if outcome.error is not None:
+        return _observation_failure(f"provider {authority.provider}", outcome.error)
+    info = outcome.value
+    if info is None:
+        return f"key {uri} to adopt was not found in provider {authority.provider}"
+    if info.algorithm != authority.key.algorithm:
+        return (
+            f"key {uri} is {info.algorithm}, but the configuration says "
+            f"{authority.key.algorithm}"
+        )
+    if info.state is not KeyState.ENABLED:
+        return f"key {uri} to adopt is {info.state} in provider {authority.provider}"
+    return None
 
 
 def _anchors(

@@ -234,3 +234,56 @@ def test_help_lists_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("validate", "plan", "apply", "report", "providers"):
         assert command in result.stdout
+
+
+def test_concurrent_apply_rejected(tmp_path: Path) -> None:
+    from pkifed.federation.locking import exclusive_run
+
+    document = {
+        "version": 1,
+        "name": "locked",
+        "providers": {
+            "disk": {"type": "local", "path": "keys", "passphrase": "${file:pass}"}
+        },
+        "authorities": {
+            "root": {
+                "provider": "disk",
+                "key": "ec-p256",
+                "subject": "CN=Locked Root",
+                "validity": "1y",
+            }
+        },
+    }
+    (tmp_path / "pass").write_text(PASSPHRASE)
+    (tmp_path / "locked.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    state = tmp_path / ".pkifed" / "locked.db"
+
+    with exclusive_run(f"sqlite:///{state}"):
+        blocked = run_pkifed(
+            "apply", "-c", "locked.yaml", env=dict(os.environ), cwd=tmp_path
+        )
+    keys_created = (tmp_path / "keys").exists()
+    after = run_pkifed("apply", "-c", "locked.yaml", env=dict(os.environ), cwd=tmp_path)
+
+    assert blocked.returncode == 1
+    assert "another pkifed apply is running" in blocked.stderr
+    assert not keys_created
+    assert after.returncode == 0, after.stdout + after.stderr
+
+
+def test_plan_creates_no_state(tmp_path: Path) -> None:
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["providers"] = {
+        "keystore": {"type": "local", "path": "keys", "passphrase": "${file:pass}"}
+    }
+    for authority in document["authorities"].values():
+        authority["provider"] = "keystore"
+    (tmp_path / "pass").write_text(PASSPHRASE)
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    planned = run_pkifed("plan", "-c", "f.yaml", env=dict(os.environ), cwd=tmp_path)
+    reported = run_pkifed("report", "-c", "f.yaml", env=dict(os.environ), cwd=tmp_path)
+
+    assert planned.returncode == 0, planned.stderr
+    assert reported.returncode == 0, reported.stderr
+    assert not (tmp_path / ".pkifed").exists()

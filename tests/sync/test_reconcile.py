@@ -514,3 +514,41 @@ def test_bundle_identical_on_every_target(federation: Federation) -> None:
 
     assert first == second
     assert len(x509.load_pem_x509_certificates(first)) == 2
+
+
+def test_missing_adopted_key_blocked(federation: Federation) -> None:
+    missing = federation.directory / "keys" / "elsewhere.pem"
+    federation.document["authorities"]["root"]["key"] = {
+        "algorithm": "ec-p384",
+        "uri": f"file:{missing}",
+    }
+
+    plan, outcomes = federation.run(apply=True)
+
+    assert [p.object for p in plan.problems][:1] == ["authority root"]
+    assert "not found" in plan.problems[0].message or "No such file" in (
+        plan.problems[0].message
+    )
+    assert not any(a.authority == "root" for a in plan.actions)
+    assert outcomes == []
+
+
+def test_swapped_key_detected(federation: Federation) -> None:
+    federation.run(apply=True)
+    keys = federation.directory / "keys" / "recon"
+    # Another key of the same algorithm, under the same passphrase, replaces
+    # the root's key file out of band.
+    config = load_config(federation.path)
+    with Runtime(config) as runtime:
+        runtime.provider("disk").find_or_create_key("impostor", KeyAlgorithm.EC_P384)
+    (keys / "impostor.pem").replace(keys / "root.pem")
+    federation.document["authorities"]["issuing"]["subject"] = "CN=Changed,O=Example"
+
+    before = (federation.directory / "out" / "issuing.pem").read_bytes()
+    plan, outcomes = federation.run(apply=True)
+    again, _ = federation.run(apply=False)
+
+    assert kinds(plan)[0] == "issue-certificate"
+    assert outcomes[0] == "failed"
+    assert kinds(again) == kinds(plan)
+    assert (federation.directory / "out" / "issuing.pem").read_bytes() == before
