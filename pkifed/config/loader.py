@@ -275,6 +275,21 @@ def _check_references(model: FederationConfig) -> list[Problem]:
                     )
                 )
     for name, bundle in model.bundles.items():
+        if bundle.format == "der" and len(set(bundle.authorities)) != 1:
+            problems.append(
+                Problem(
+                    f"bundles.{name}.format",
+                    "der holds exactly one certificate, but the bundle lists "
+                    f"{len(set(bundle.authorities))} authorities; use pem, pkcs7 or "
+                    "spiffe",
+                )
+            )
+        if bundle.refresh_hint is not None and bundle.format != "spiffe":
+            problems.append(
+                Problem(
+                    f"bundles.{name}.refresh_hint", "applies to the spiffe format only"
+                )
+            )
         for index, authority_name in enumerate(bundle.authorities):
             if authority_name not in model.authorities:
                 problems.append(

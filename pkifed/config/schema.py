@@ -132,8 +132,17 @@ class BundleConfig(_Model):
     authorities: list[str] = Field(
         min_length=1, description="Authorities whose certificates the bundle contains."
     )
-    format: Literal["pem"] = Field(
-        default="pem", description="Encoding of the bundle file: pem."
+    format: Literal["pem", "der", "pkcs7", "spiffe"] = Field(
+        default="pem",
+        description=(
+            "Encoding of the bundle: pem (<name>.pem), der (one certificate, "
+            "<name>.der), pkcs7 (certs-only, <name>.p7b) or spiffe (a SPIFFE trust "
+            "bundle, <name>.json)."
+        ),
+    )
+    refresh_hint: Duration | None = Field(
+        default=None,
+        description="spiffe only: how often consumers should fetch the bundle again.",
     )
     targets: list[str] = Field(
         min_length=1, description="Targets the bundle is published to."

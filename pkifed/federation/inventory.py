@@ -25,14 +25,15 @@ from sqlalchemy.orm import Session
 
 from pkifed.config.loader import LoadedConfig
 from pkifed.config.schema import AuthorityConfig, FederationConfig
-from pkifed.errors import KeyNotFoundError, PkifedError
-from pkifed.federation import bundles
+from pkifed.errors import KeyNotFoundError, PkifedError, StateError
+from pkifed.federation import bundles, publishing
 from pkifed.federation.certificates import (
     fingerprint_sha256,
     subject_key_identifier,
     to_pem,
 )
 from pkifed.federation.hierarchy import ancestors, parents_first
+from pkifed.federation.publishing import DesiredObject, Snapshot
 from pkifed.federation.runtime import Runtime
 from pkifed.federation.store import KeyRecord, PublicationRecord, Store
 from pkifed.providers.algorithms import KeyAlgorithm
@@ -219,14 +220,6 @@ class Inventory:
         return next(entry for entry in self.authorities if entry.name == name)
 
 
-@dataclass(frozen=True)
-class _DesiredObject:
-    target: str
-    object_name: str
-    members: tuple[str, ...]
-    is_bundle: bool
-
-
 @dataclass
 class _StoreSnapshot:
     """The state store's rows the inventory uses, read in one transaction."""
@@ -273,10 +266,10 @@ def build_inventory(
     model = config.model
     with store.transaction() as session:
         snapshot = _read_store(store, session, model)
-    desired = _desired_objects(model)
-    expected = {
-        (d.target, d.object_name): _render(d, snapshot.certificates) for d in desired
-    }
+        history = publishing.read_snapshot(session)
+    desired = publishing.desired_objects(model)
+    expected = {(d.target, d.object_name): _render(d, history, now) for d in desired}
+    bundle_objects = {d.bundle: d.object_name for d in desired if d.bundle}
     targets = {
         (d.target, d.object_name): _target_entry(
             d, snapshot.publications.get((d.target, d.object_name)), expected, runtime
@@ -292,10 +285,8 @@ def build_inventory(
         BundleEntry(
             name,
             list(bundle.authorities),
-            [targets[(t, bundles.bundle_object_name(name))] for t in bundle.targets],
-            _sha256(
-                expected.get((bundle.targets[0], bundles.bundle_object_name(name)))
-            ),
+            [targets[(t, bundle_objects[name])] for t in bundle.targets],
+            _sha256(expected.get((bundle.targets[0], bundle_objects[name]))),
         )
         for name, bundle in model.bundles.items()
     ]
@@ -325,7 +316,8 @@ def _read_store(
         if record is not None:
             certificates[name] = x509.load_der_x509_certificate(record.der)
     publications = {}
-    for target, object_name, _, _ in _desired_keys(model):
+    for entry in publishing.desired_objects(model):
+        target, object_name = entry.target, entry.object_name
         publication = store.publication(session, target, object_name)
         if publication is not None:
             publications[(target, object_name)] = publication
@@ -336,41 +328,14 @@ def _read_store(
 # --- published objects ------------------------------------------------------------
 
 
-def _desired_keys(
-    model: FederationConfig,
-) -> list[tuple[str, str, tuple[str, ...], bool]]:
-    """List every (target, object, members, is_bundle) the federation publishes."""
-    found = []
-    for bundle_name, bundle in model.bundles.items():
-        members = tuple(sorted(set(bundle.authorities)))
-        for target in bundle.targets:
-            found.append(
-                (target, bundles.bundle_object_name(bundle_name), members, True)
-            )
-    for name, authority in model.authorities.items():
-        chain = (name, *ancestors(model, name))
-        for target in authority.publish:
-            found.append(
-                (target, bundles.certificate_object_name(name), (name,), False)
-            )
-            found.append((target, bundles.chain_object_name(name), chain, False))
-    return found
-
-
-def _desired_objects(model: FederationConfig) -> list[_DesiredObject]:
-    return [_DesiredObject(*entry) for entry in _desired_keys(model)]
-
-
 def _render(
-    desired: _DesiredObject, certificates: dict[str, x509.Certificate]
+    desired: DesiredObject, history: Snapshot, now: datetime.datetime
 ) -> bytes | None:
     """Render what the federation would publish, or None without a certificate."""
-    if any(member not in certificates for member in desired.members):
+    try:
+        return publishing.render(history, desired, now)
+    except StateError:
         return None
-    members = [certificates[member] for member in desired.members]
-    if desired.is_bundle:
-        return bundles.pem_bundle(members)
-    return bundles.pem_chain(members)
 
 
 def _sha256(data: bytes | None) -> str:
@@ -378,7 +343,7 @@ def _sha256(data: bytes | None) -> str:
 
 
 def _target_entry(
-    desired: _DesiredObject,
+    desired: DesiredObject,
     record: PublicationRecord | None,
     expected: dict[tuple[str, str], bytes | None],
     runtime: Runtime | None,
@@ -396,10 +361,6 @@ def _target_entry(
         return _observe_target(entry, runtime)
     if record is None or not expected_sha256:
         return entry
-    # NOTE: the expected content contains each authority's current certificate
-    # only. While a root rotates, the reconciler also publishes the previous
-    # root as an anchor, so a report from the state store shows such a bundle
-    # as drifted until the rotation ends; a live report does not.
     state = IN_SYNC if record.sha256 == expected_sha256 else DRIFTED
     return _replace(entry, state=state)
 

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from pkifed.config.loader import LoadedConfig
 from pkifed.config.schema import AuthorityConfig, KeyAdoption
 from pkifed.errors import KeyNotFoundError, PkifedError, StateError, TemporaryError
-from pkifed.federation import bundles
 from pkifed.federation.certificates import (
     IssuanceError,
     Issuer,
@@ -46,6 +45,15 @@ from pkifed.federation.hierarchy import (
     parents_first,
     signature_scheme,
 )
+from pkifed.federation.publishing import (
+    DesiredObject,
+    Snapshot,
+    decode,
+    desired_objects,
+    fingerprints,
+    read_snapshot,
+    render,
+)
 from pkifed.federation.runtime import Runtime
 from pkifed.federation.store import (
     CertificateRecord,
@@ -56,14 +64,7 @@ from pkifed.federation.store import (
 from pkifed.providers.algorithms import PublicKey, RsaPadding, SignatureScheme
 from pkifed.providers.base import KeyInfo, KeyState
 from pkifed.providers.targets.base import StoredObject
-from pkifed.sync.observe import (
-    IssuedCertificate,
-    KeyOutcome,
-    ObjectOutcome,
-    Snapshot,
-    read_snapshot,
-    run_bounded,
-)
+from pkifed.sync.observe import KeyOutcome, ObjectOutcome, run_bounded
 from pkifed.sync.plan import Action, ActionKind, Plan, PlanProblem
 
 logger = logging.getLogger(__name__)
@@ -99,16 +100,6 @@ class ApplyResult:
     @property
     def succeeded(self) -> bool:
         return not self.failed and not self.plan.problems
-
-
-@dataclass(frozen=True)
-class _DesiredObject:
-    """An object a target must contain: a sorted bundle, or a chain in order."""
-
-    target: str
-    object_name: str
-    authorities: tuple[str, ...]
-    is_bundle: bool = False
 
 
 @dataclass
@@ -411,7 +402,9 @@ class Reconciler:
                 _object_id(desired.target, desired.object_name)
             )
             stored = outcome.value if outcome is not None else None
-            if stored is None or fingerprint not in _fingerprints(stored.data):
+            if stored is None or fingerprint not in fingerprints(
+                stored.data, desired.format
+            ):
                 return (
                     f"{reason}; waiting until target {desired.target} serves the "
                     f"new certificate of {parent} in {desired.object_name}"
@@ -438,40 +431,10 @@ class Reconciler:
             for issued in state.snapshot.history
         )
 
-    def _desired_objects(self) -> list[_DesiredObject]:
-        desired = []
-        for bundle_name, bundle in self.model.bundles.items():
-            members = tuple(sorted(set(bundle.authorities)))
-            for target in bundle.targets:
-                name = bundles.bundle_object_name(bundle_name)
-                desired.append(_DesiredObject(target, name, members, is_bundle=True))
-        for name, authority in self.model.authorities.items():
-            chain = (name, *ancestors(self.model, name))
-            for target in authority.publish:
-                certificate_name = bundles.certificate_object_name(name)
-                chain_name = bundles.chain_object_name(name)
-                desired.append(_DesiredObject(target, certificate_name, (name,)))
-                desired.append(_DesiredObject(target, chain_name, chain))
-        return desired
+    def _desired_objects(self) -> list[DesiredObject]:
+        return desired_objects(self.model)
 
-    def _render(
-        self, snapshot: Snapshot, desired: _DesiredObject, now: datetime.datetime
-    ) -> bytes:
-        if desired.is_bundle:
-            return bundles.pem_bundle(
-                issued.certificate
-                for authority in desired.authorities
-                for issued in _anchors(snapshot, authority, now)
-            )
-        certificates = []
-        for authority in desired.authorities:
-            issued = snapshot.current_certificate(authority)
-            if issued is None:
-                raise StateError(f"authority {authority} has no certificate yet")
-            certificates.append(issued.certificate)
-        return bundles.pem_chain(certificates)
-
-    def _plan_publish(self, state: _PlanState, desired: _DesiredObject) -> None:
+    def _plan_publish(self, state: _PlanState, desired: DesiredObject) -> None:
         subject = f"target {desired.target}: {desired.object_name}"
         action = Action(
             ActionKind.PUBLISH,
@@ -509,16 +472,13 @@ class Reconciler:
                 )
             )
             return
-        data = self._render(state.snapshot, desired, state.now)
+        data = render(state.snapshot, desired, state.now)
         stored = outcome.value
         if stored is None:
             state.actions.append(_with_reason(action, "missing"))
         elif stored.data != data:
-            state.actions.append(
-                _with_reason(
-                    action, _drift_reason(stored.data, state.snapshot, subject)
-                )
-            )
+            reason = _drift_reason(stored.data, desired, state.snapshot, subject)
+            state.actions.append(_with_reason(action, reason))
 
     def _plan_retirements(self, state: _PlanState) -> None:
         desired = {(d.target, d.object_name) for d in self._desired_objects()}
@@ -775,7 +735,7 @@ class Reconciler:
         )
         with self.store.transaction() as session:
             snapshot = read_snapshot(session)
-        data = self._render(snapshot, desired, self.clock())
+        data = render(snapshot, desired, self.clock())
         target = self.runtime.target(target_name)
         target.publish(object_name, data)
         digest = hashlib.sha256(data).hexdigest()
@@ -871,44 +831,11 @@ def _adoption_problem(authority: AuthorityConfig, outcome: KeyOutcome) -> str | 
     return None
 
 
-def _anchors(
-    snapshot: Snapshot, authority: str, now: datetime.datetime
-) -> list[IssuedCertificate]:
-    """Certificates of ``authority`` that a trust bundle must still contain.
-
-    The current certificate always, and an earlier one while it is unexpired
-    and some unexpired certificate was issued by its key, so certificates
-    issued before a rotation keep a trust anchor until they expire.
-    """
-    current = snapshot.current_certificate(authority)
-    chosen = [] if current is None else [current]
-    issuing_keys = {
-        issued.authority_key_id
-        for issued in snapshot.history
-        if issued.valid_at(now) and issued.record.authority != authority
-    }
-    for issued in snapshot.history:
-        if issued.current or issued.record.authority != authority:
-            continue
-        if current is not None and issued.subject_key_id == current.subject_key_id:
-            continue
-        if issued.valid_at(now) and issued.subject_key_id in issuing_keys:
-            chosen.append(issued)
-    return chosen
-
-
-def _fingerprints(data: bytes) -> set[str]:
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        return set()
-    return {fingerprint_sha256(c) for c in certificates}
-
-
-def _drift_reason(stored: bytes, snapshot: Snapshot, subject: str) -> str:
-    try:
-        certificates = x509.load_pem_x509_certificates(stored)
-    except ValueError:
+def _drift_reason(
+    stored: bytes, desired: DesiredObject, snapshot: Snapshot, subject: str
+) -> str:
+    certificates = decode(stored, desired.format)
+    if certificates is None:
         return "drifted: content is not what the federation published"
     known = snapshot.known_fingerprints()
     foreign = [c for c in certificates if fingerprint_sha256(c) not in known]

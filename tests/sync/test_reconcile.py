@@ -552,3 +552,54 @@ def test_swapped_key_detected(federation: Federation) -> None:
     assert outcomes[0] == "failed"
     assert kinds(again) == kinds(plan)
     assert (federation.directory / "out" / "issuing.pem").read_bytes() == before
+
+
+def test_bundle_formats_published(federation: Federation) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    from pkifed.federation.formats import decode_spiffe_bundle
+
+    federation.document["bundles"] = {
+        "trust-pem": {"authorities": ["root"], "targets": ["out"]},
+        "trust-der": {"authorities": ["root"], "targets": ["out"], "format": "der"},
+        "trust-p7": {
+            "authorities": ["root", "issuing"],
+            "targets": ["out"],
+            "format": "pkcs7",
+        },
+        "trust-spiffe": {
+            "authorities": ["root"],
+            "targets": ["out"],
+            "format": "spiffe",
+            "refresh_hint": "1h",
+        },
+    }
+    federation.run(apply=True)
+    out = federation.directory / "out"
+    root = load_pem_chain(out / "trust-pem.pem")[0]
+    spiffe = (out / "trust-spiffe.json").read_bytes()
+    again, _ = federation.run(apply=False)
+
+    assert x509.load_der_x509_certificate((out / "trust-der.der").read_bytes()) == root
+    assert (
+        len(pkcs7.load_der_pkcs7_certificates((out / "trust-p7.p7b").read_bytes())) == 2
+    )
+    assert decode_spiffe_bundle(spiffe) == [root]
+    assert b'"spiffe_refresh_hint":3600' in spiffe.replace(b" ", b"")
+    assert again.empty
+
+
+def test_spiffe_sequence_grows_on_rotation(federation: Federation) -> None:
+    import json
+
+    federation.document["bundles"]["trust"]["format"] = "spiffe"
+    federation.run(apply=True)
+    path = federation.directory / "out" / "trust.json"
+    first = json.loads(path.read_bytes())["spiffe_sequence"]
+    federation.document["authorities"]["root"]["key"] = "ec-p521"
+    federation.now += datetime.timedelta(seconds=30)
+    federation.run(apply=True)
+    second = json.loads(path.read_bytes())["spiffe_sequence"]
+
+    assert second > first
+    assert len(json.loads(path.read_bytes())["keys"]) == 2
