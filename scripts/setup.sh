@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Install what pkifed and its tests need on a Debian or Ubuntu machine: the
-# SoftHSM2 package and a virtual environment in .venv with pkifed and its test
-# extras. Safe to run again; it only installs what is missing.
+# SoftHSM2 package and a virtual environment in .venv with pkifed and the extras
+# in PKIFED_EXTRAS (default: test). For the tests it also installs Chromium,
+# which renders the HTML report, and Azurite, the Azure Storage emulator, when
+# npm is present. Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
+extras=${PKIFED_EXTRAS:-test}
 
 need_packages=()
 command -v softhsm2-util >/dev/null 2>&1 || need_packages+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+if [ "$extras" = test ]; then
+  command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+fi
 if [ "${#need_packages[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""
@@ -27,7 +33,6 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating the virtual environment .venv"
   "$python" -m venv .venv
 fi
-extras=${PKIFED_EXTRAS:-test}
 if [ ! -f ".venv/.installed-$extras" ] || [ pyproject.toml -nt ".venv/.installed-$extras" ]; then
   echo "setup: installing pkifed[$extras] into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
@@ -38,7 +43,7 @@ fi
 # Azurite, the Azure Storage emulator, for the azure-blob target's tests. They
 # are skipped when Node.js and npm are missing.
 azurite_version=3.37.0
-if command -v npm >/dev/null 2>&1 && [ ! -f ".cache/azurite/.installed-$azurite_version" ]; then
+if [ "$extras" = test ] && command -v npm >/dev/null 2>&1 && [ ! -f ".cache/azurite/.installed-$azurite_version" ]; then
   echo "setup: installing azurite $azurite_version into .cache/azurite"
   npm install --prefix .cache/azurite --no-audit --no-fund --silent "azurite@$azurite_version"
   touch ".cache/azurite/.installed-$azurite_version"
