@@ -145,9 +145,14 @@ def _print_plan_text(result: Plan) -> None:
         click.echo(f"No changes: federation {result.federation} is up to date.")
     else:
         click.echo(
-            f"Plan: {len(result.actions)} actions, {len(result.waiting)} waiting for "
-            f"a later pass, {len(result.problems)} blocked."
+            f"Plan: {_count(len(result.actions), 'action')}, "
+            f"{len(result.waiting)} waiting for a later pass, "
+            f"{len(result.problems)} blocked."
         )
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 @cli.command()
@@ -168,7 +173,7 @@ def apply(config_path: Path) -> None:
     if not applied and last.plan.empty and not last.plan.problems:
         click.echo(
             f"No changes: federation {last.plan.federation} is up to date "
-            f"({len(config.model.authorities)} authorities)."
+            f"({_count(len(config.model.authorities), 'authority', 'authorities')})."
         )
         return
     for entry in last.plan.waiting:
@@ -177,8 +182,9 @@ def apply(config_path: Path) -> None:
         click.echo(f"  blocked: {problem}", err=True)
     done = sum(1 for r in applied for o in r.outcomes if o.outcome == "done")
     failed = sum(len(r.failed) for r in applied)
+    passes = _count(len(applied), "pass", "passes")
     click.echo(
-        f"Applied {done} actions in {len(applied)} passes; {failed} failed or skipped, "
+        f"Applied {_count(done, 'action')} in {passes}; {failed} failed or skipped, "
         f"{len(last.plan.problems)} blocked, {len(last.plan.waiting)} waiting."
     )
     if failed or last.plan.problems:
