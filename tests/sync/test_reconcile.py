@@ -1,7 +1,9 @@
 """The reconciler on real files: convergence, idempotence, drift and key faults.
 
 These tests use the local keystore and the file target, so they run anywhere;
-the SoftHSM2 path is covered end to end in test_cli.py.
+the SoftHSM2 path is covered end to end in test_cli.py. Each test runs with its
+state store on SQLite and on PostgreSQL. The PostgreSQL case is skipped when
+the server is unreachable.
 """
 
 from __future__ import annotations
@@ -109,9 +111,14 @@ class Federation:
 
 
 @pytest.fixture
-def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Federation:
+def federation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> Federation:
+    """The federation with its state on SQLite, then on PostgreSQL."""
     monkeypatch.setenv("PKIFED_RECONCILE_PASSPHRASE", PASSPHRASE)
-    return Federation(tmp_path, federation_document(), utc_now())
+    document = federation_document()
+    document["state"] = store_url
+    return Federation(tmp_path, document, utc_now())
 
 
 def kinds(plan: Plan) -> list[str]:
