@@ -302,13 +302,15 @@ def _check_pq_readiness(context: _Context) -> list[_Draft]:
             where = f"provider {entry.provider} offers {', '.join(ml_dsa)}"
             remediation = (
                 "Plan a migration to an ML-DSA hierarchy (FIPS 204) in the same "
-                "provider; relying parties need ML-DSA support first."
+                "provider. This pkifed release cannot issue ML-DSA CA certificates "
+                "through a provider yet, and relying parties need ML-DSA support."
             )
         else:
             where = f"provider {entry.provider} offers no ML-DSA algorithm"
             remediation = (
                 "Plan a migration to an ML-DSA hierarchy (FIPS 204) and choose a "
-                "provider that offers ML-DSA for it."
+                "provider that offers ML-DSA for it. This pkifed release cannot "
+                "issue ML-DSA CA certificates through a provider yet."
             )
         drafts.append(
             _draft(
