@@ -205,6 +205,29 @@ class LeaseRecord(Base):
     expires_at: Mapped[datetime.datetime | None] = mapped_column(UtcTimestamp)
 
 
+class AuditRecord(Base):
+    """One entry of the append-only, hash-chained audit log.
+
+    :mod:`pkifed.federation.audit` appends and verifies the entries; ``hash`` is
+    SHA-256 over the entry's canonical JSON, ``prev_hash`` included.
+    """
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # The ISO-8601 UTC text itself, because the hash covers exactly this text.
+    at: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(255))
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
 @dataclass(frozen=True)
 class ObjectStatus:
     """The latest attempt on one managed object."""
