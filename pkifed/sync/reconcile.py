@@ -15,11 +15,12 @@ the bundles only when no unexpired certificate chains to it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -28,6 +29,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from sqlalchemy.orm import Session
 
 from pkifed.config.loader import LoadedConfig
 from pkifed.config.schema import AuthorityConfig, KeyAdoption
@@ -70,6 +72,9 @@ from pkifed.sync.plan import Action, ActionKind, Plan, PlanProblem
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
+# Checks, inside a state-store transaction, that this process may still write,
+# and raises a PkifedError when it may not (see Reconciler).
+Fence = Callable[[Session], None]
 _Result = TypeVar("_Result")
 
 
@@ -133,6 +138,7 @@ class Reconciler:
         *,
         clock: Clock = utc_now,
         on_progress: Callable[[ActionOutcome], None] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.config = config
         self.model = config.model
@@ -140,6 +146,10 @@ class Reconciler:
         self.runtime = runtime
         self.clock = clock
         self.on_progress = on_progress
+        # A leader that lost its lease must not write: apply calls the fence
+        # before each phase and inside each state write's own transaction, so
+        # a takeover commits either before the check or after the write.
+        self.fence = fence
         self._write_lock = threading.Lock()
         self._progress_lock = threading.Lock()
 
@@ -504,6 +514,9 @@ class Reconciler:
         failed: set[str] = set()
         outcomes: list[ActionOutcome] = []
         for phase in self._phases(plan):
+            if self.fence is not None:
+                with self.store.transaction() as session:
+                    self.fence(session)
             results = self._run_phase(phase, failed)
             outcomes.extend(results)
         return ApplyResult(plan, tuple(outcomes))
@@ -537,6 +550,14 @@ class Reconciler:
         ]
         phases = [keys, *(by_depth[d] for d in sorted(by_depth)), publishing]
         return [phase for phase in phases if phase]
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A transaction for one state write, checked by the fence first."""
+        with self._write_lock, self.store.transaction() as session:
+            if self.fence is not None:
+                self.fence(session)
+            yield session
 
     def _run_phase(self, phase: list[Action], failed: set[str]) -> list[ActionOutcome]:
         def run(action: Action) -> ActionOutcome:
@@ -618,7 +639,7 @@ class Reconciler:
             info = provider.find_or_create_key(label, authority.algorithm)
         public = provider.public_key(info.uri)
         now = self.clock()
-        with self._write_lock, self.store.transaction() as session:
+        with self._writing() as session:
             previous = self.store.current_key(session, name)
             if previous is not None:
                 previous.retired_at = now
@@ -699,7 +720,7 @@ class Reconciler:
                 "Nothing was recorded or published"
             ) from None
 
-        with self._write_lock, self.store.transaction() as session:
+        with self._writing() as session:
             previous = self.store.current_certificate(session, name)
             if previous is not None:
                 previous.superseded_at = now
@@ -747,7 +768,7 @@ class Reconciler:
                 location,
                 reason,
             )
-        with self._write_lock, self.store.transaction() as session:
+        with self._writing() as session:
             record = self.store.publication(session, target_name, object_name)
             if record is None:
                 record = PublicationRecord(target=target_name, object_name=object_name)
@@ -771,7 +792,7 @@ class Reconciler:
         stored = target.read(object_name)
         if stored is not None:
             target.delete(object_name, stored.version)
-        with self._write_lock, self.store.transaction() as session:
+        with self._writing() as session:
             record = self.store.publication(session, target_name, object_name)
             if record is not None:
                 session.delete(record)
@@ -779,7 +800,7 @@ class Reconciler:
 
     def _record(self, outcome: ActionOutcome) -> None:
         try:
-            with self._write_lock, self.store.transaction() as session:
+            with self._writing() as session:
                 self.store.record_event(
                     session,
                     at=self.clock(),
