@@ -159,6 +159,11 @@ class GenerationStore:
         with self._lock:
             self._failures.append([count, status])
 
+    def clear(self) -> None:
+        """Drop every pending failure."""
+        with self._lock:
+            self._failures.clear()
+
     # --- requests -------------------------------------------------------------------
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
