@@ -1,4 +1,4 @@
-"""Latency hiding: one pass over a federation whose providers answer in 25 ms.
+"""Latency hiding: one pass over a federation whose providers respond after 25 ms.
 
 Four local keystores stand in for four cloud KMSs: each remote call waits
 25 ms first (see DelayedLocalProvider). The pass is the real reconciler's plan
@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 
@@ -30,16 +31,27 @@ TARGET_SECONDS = 2.0
 
 
 class _CommitCounter:
-    """Counts the state store's commits through SQLAlchemy's engine events."""
+    """Counts the state store's writing commits through SQLAlchemy engine events.
+
+    A commit counts when its transaction ran an INSERT, UPDATE or DELETE, so
+    read-only transactions, which SQLite commits without syncing, are left out.
+    """
 
     def __init__(self, store: Store) -> None:
         self.count = 0
         self._lock = threading.Lock()
+        event.listen(store.engine, "before_cursor_execute", self._on_execute)
         event.listen(store.engine, "commit", self._on_commit)
 
-    def _on_commit(self, connection: object) -> None:
-        with self._lock:
-            self.count += 1
+    def _on_execute(self, connection: Any, *arguments: Any) -> None:
+        statement = str(arguments[1]).lstrip().upper()
+        if statement.startswith(("INSERT", "UPDATE", "DELETE")):
+            connection.info["pkifed_bench_writes"] = True
+
+    def _on_commit(self, connection: Any) -> None:
+        if connection.info.pop("pkifed_bench_writes", False):
+            with self._lock:
+                self.count += 1
 
 
 def commit_cost(directory: Path, commits: int) -> float:
@@ -125,7 +137,7 @@ def run(directory: Path, count: int, concurrencies: tuple[int, ...]) -> Section:
         section.details.append(
             f"Concurrency {concurrency}: {total_calls} delayed calls "
             f"({', '.join(f'{n} {c}' for n, c in calls.items())}), "
-            f"{measured['actions']} actions, {commits} commits "
+            f"{measured['actions']} actions, {commits} writing commits "
             f"(about {commits * per_commit:.1f} s of serialised commit time), "
             f"depth {levels}. Phases: {phases}"
         )
