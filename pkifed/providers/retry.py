@@ -55,14 +55,18 @@ def call_with_retry(
     The last temporary error is re-raised once the attempts run out. Permanent
     errors propagate at once.
     """
-    delays = settings.delays()
-    for attempt, delay in enumerate((*delays, None), start=1):
+    # The first attempt runs on the caller's path for every signature, so the
+    # jittered delays are drawn only once an attempt has failed.
+    delays: tuple[float, ...] = ()
+    attempt = 1
+    while True:
         try:
             return operation()
         except TemporaryError as error:
-            if delay is None:
+            if attempt >= settings.attempts:
                 raise
-            wait = max(delay, error.retry_after or 0.0)
+            delays = delays or settings.delays()
+            wait = max(delays[attempt - 1], error.retry_after or 0.0)
             logger.warning(
                 "%s failed (attempt %d of %d): %s; will retry in %.2f s",
                 description,
@@ -72,4 +76,4 @@ def call_with_retry(
                 wait,
             )
             sleep(wait)
-    raise AssertionError("unreachable: the loop returns or raises")
+            attempt += 1
