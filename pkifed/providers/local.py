@@ -145,6 +145,9 @@ class LocalProvider(KeyProvider):
         # Decrypted keys stay in this instance's memory, keyed by file path,
         # so each file is decrypted once per process and not once per signature.
         self._keys: dict[Path, PrivateKey] = {}
+        # Parsed key URIs; a URI always names the same file, so this never goes
+        # stale.
+        self._paths: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -178,6 +181,14 @@ class LocalProvider(KeyProvider):
         return URI_PREFIX + quote(str(path))
 
     def _path_of(self, uri: str) -> Path:
+        cached = self._paths.get(uri)
+        if cached is not None:
+            return cached
+        path = self._parse_uri(uri)
+        self._paths[uri] = path
+        return path
+
+    def _parse_uri(self, uri: str) -> Path:
         if not uri.startswith(URI_PREFIX):
             raise KeyNotFoundError(
                 f"provider {self.name!r} (local): {uri!r} is not a file: URI"
@@ -383,7 +394,9 @@ class LocalProvider(KeyProvider):
     def _usable_key(self, uri: str) -> PrivateKey:
         path = self._path_of(uri)
         key = self._load(path)
-        if path.with_name(path.name + DISABLED_SUFFIX).exists():
+        # The marker is checked on every signature, so disabling a key takes
+        # effect at once; os.path.exists avoids building a second Path.
+        if os.path.exists(f"{path}{DISABLED_SUFFIX}"):
             raise KeyUnusableError(
                 f"provider {self.name!r} (local): key {uri} is disabled; remove "
                 f"{path.name}{DISABLED_SUFFIX} to enable it"
