@@ -238,7 +238,46 @@ def check_federation(
     problems.extend(_check_cycles(model))
     for name, authority in model.authorities.items():
         problems.extend(_check_authority(model, name, authority, providers))
+        problems.extend(_check_crl(model, name, authority))
     problems.extend(_check_state_url(model))
+    return problems
+
+
+def _check_crl(
+    model: FederationConfig, name: str, authority: AuthorityConfig
+) -> list[Problem]:
+    if authority.crl is None:
+        return []
+    base = f"authorities.{name}.crl"
+    problems = []
+    for index, target in enumerate(authority.crl.targets):
+        if target not in model.targets:
+            problems.append(
+                Problem(
+                    f"{base}.targets.{index}",
+                    f"unknown target {target!r} (known: {_known(model.targets)})",
+                )
+            )
+    for index, url in enumerate(authority.crl.distribution_points):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "ldap", "ldaps") or not (
+            parts.netloc or parts.scheme.startswith("ldap")
+        ):
+            problems.append(
+                Problem(
+                    f"{base}.distribution_points.{index}",
+                    f"invalid URL {url!r}; expected an http, https, ldap or ldaps "
+                    "URL such as http://pki.example.com/issuing.crl",
+                )
+            )
+    if authority.crl.validity >= authority.validity:
+        problems.append(
+            Problem(
+                f"{base}.validity",
+                "must be shorter than the authority's validity, or every CRL would "
+                "be cut short at the certificate's expiry",
+            )
+        )
     return problems
 
 

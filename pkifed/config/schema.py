@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pkifed.config.crl import CrlConfig
 from pkifed.config.durations import Duration
 from pkifed.config.policy import PolicyConfig
 from pkifed.providers.algorithms import HashName, KeyAlgorithm, RsaPadding
@@ -112,6 +113,13 @@ class AuthorityConfig(_Model):
             "Create a new key at each renewal instead of certifying the same key "
             "again. A root that gets a new key is rotated: both roots are published "
             "before children move to the new one."
+        ),
+    )
+    crl: CrlConfig | None = Field(
+        default=None,
+        description=(
+            "Sign and publish a CRL of the certificates this authority issues; "
+            "absent: no CRL."
         ),
     )
 
