@@ -1,4 +1,4 @@
-"""The state store: keys, certificates, publications, status, CRL numbers, leases.
+"""The state store: keys, certificates, CRLs, revocations, publications and leases.
 
 SQLite is the default and PostgreSQL is supported. Times are stored as ISO-8601
 strings in UTC with second precision (``2026-01-31T12:00:00Z``), which sort
@@ -188,6 +188,41 @@ class CrlNumberRecord(Base):
 
     issuer: Mapped[str] = mapped_column(String(64), primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger)
+
+
+class CrlRecord(Base):
+    """A CRL an authority signed; the one with the highest number is current."""
+
+    __tablename__ = "crls"
+    __table_args__ = (UniqueConstraint("issuer", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64), index=True)
+    number: Mapped[int] = mapped_column(BigInteger)
+    # Hex serial of the issuer's certificate the CRL was signed under, so a
+    # re-issued issuer is noticed.
+    issuer_serial: Mapped[str] = mapped_column(String(42))
+    this_update: Mapped[datetime.datetime] = mapped_column(UtcTimestamp)
+    next_update: Mapped[datetime.datetime] = mapped_column(UtcTimestamp)
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    signed_at: Mapped[datetime.datetime] = mapped_column(UtcTimestamp)
+
+
+class RevocationRecord(Base):
+    """A certificate revoked with ``pkifed revoke``, listed on its issuer's CRL."""
+
+    __tablename__ = "revocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority: Mapped[str] = mapped_column(String(64), index=True)
+    # Hex of the revoked certificate's serial number.
+    serial: Mapped[str] = mapped_column(String(42), unique=True)
+    # The authority that issued the certificate and lists it on its CRL.
+    issuer: Mapped[str] = mapped_column(String(64), index=True)
+    # An RFC 5280 reason code name (section 5.3.1), such as keyCompromise.
+    reason: Mapped[str] = mapped_column(String(32))
+    revoked_at: Mapped[datetime.datetime] = mapped_column(UtcTimestamp)
 
 
 class LeaseRecord(Base):
@@ -421,6 +456,8 @@ class Store:
             ObjectStatusRecord,
             CrlNumberRecord,
             LeaseRecord,
+            CrlRecord,
+            RevocationRecord,
         )
         counts = {}
         with self.transaction() as session:
