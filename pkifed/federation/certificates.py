@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +33,8 @@ class CaProfile:
     path_length: int | None
     name_constraints: x509.NameConstraints | None
     scheme: SignatureScheme
+    # The issuer's CRL locations (RFC 5280, section 4.2.1.13); None: no extension.
+    crl_distribution_points: x509.CRLDistributionPoints | None = None
 
     def differences(self, certificate: x509.Certificate) -> list[str]:
         """Describe how ``certificate`` departs from this profile; empty if it matches.
@@ -50,6 +53,9 @@ class CaProfile:
             found.append(f"path length is {actual}, expected {self.path_length}")
         if _extension(certificate, x509.NameConstraints) != self.name_constraints:
             found.append("name constraints differ")
+        points = _extension(certificate, x509.CRLDistributionPoints)
+        if points != self.crl_distribution_points:
+            found.append("CRL distribution points differ")
         lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
         # The backdate and a parent's earlier expiry both shorten or lengthen the
         # lifetime a little, so only a change of more than a day counts.
@@ -178,6 +184,9 @@ def build_ca_certificate(
     if profile.name_constraints is not None:
         # RFC 5280 section 4.2.1.10: conforming CAs mark name constraints critical.
         builder = builder.add_extension(profile.name_constraints, critical=True)
+    if profile.crl_distribution_points is not None:
+        # RFC 5280 section 4.2.1.13: the extension SHOULD be non-critical.
+        builder = builder.add_extension(profile.crl_distribution_points, critical=False)
 
     hash_algorithm, rsa_padding = signing_arguments(scheme)
     return builder.sign(
@@ -218,6 +227,18 @@ def _require_matching_scheme(signer: object, scheme: SignatureScheme) -> None:
         )
     if isinstance(public, rsa.RSAPublicKey) and scheme.padding is None:
         raise IssuanceError("an RSA signing key needs a padding")
+
+
+def distribution_points(urls: Iterable[str]) -> x509.CRLDistributionPoints | None:
+    """One distribution point naming every URL, or None when there are none.
+
+    RFC 5280, section 4.2.1.13: a point whose fullName lists several names
+    offers the same CRL at each of them.
+    """
+    names = [x509.UniformResourceIdentifier(url) for url in urls]
+    if not names:
+        return None
+    return x509.CRLDistributionPoints([x509.DistributionPoint(names, None, None, None)])
 
 
 def fingerprint_sha256(certificate: x509.Certificate) -> str:

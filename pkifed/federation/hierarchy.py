@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pkifed.config.names import build_name_constraints, parse_subject
 from pkifed.config.schema import AuthorityConfig, FederationConfig
-from pkifed.federation.certificates import CaProfile
+from pkifed.federation.certificates import CaProfile, distribution_points
 from pkifed.providers.algorithms import SignatureScheme
 
 
@@ -64,15 +64,25 @@ def signature_scheme(authority: AuthorityConfig) -> SignatureScheme:
     return scheme
 
 
-def ca_profile(authority: AuthorityConfig) -> CaProfile:
-    """What the authority's certificate must contain."""
+def ca_profile(
+    authority: AuthorityConfig, parent: AuthorityConfig | None = None
+) -> CaProfile:
+    """What the authority's certificate must contain.
+
+    ``parent`` is the issuing authority's configuration; its CRL distribution
+    points go into the certificate it issues.
+    """
     constraints = None
     if authority.name_constraints is not None:
         constraints = build_name_constraints(authority.name_constraints)
+    points = None
+    if parent is not None and parent.crl is not None:
+        points = distribution_points(parent.crl.distribution_points)
     return CaProfile(
         subject=parse_subject(authority.subject),
         validity=authority.validity,
         path_length=authority.path_length,
         name_constraints=constraints,
         scheme=signature_scheme(authority),
+        crl_distribution_points=points,
     )

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pkifed.config.schema import FederationConfig
 from pkifed.errors import PkifedError, StateError
-from pkifed.federation import bundles
+from pkifed.federation import bundles, crl
 from pkifed.federation.certificates import fingerprint_sha256, subject_key_identifier
 from pkifed.federation.formats import (
     BundleFormat,
@@ -25,7 +25,13 @@ from pkifed.federation.formats import (
     object_suffix,
 )
 from pkifed.federation.hierarchy import ancestors
-from pkifed.federation.store import CertificateRecord, KeyRecord, PublicationRecord
+from pkifed.federation.store import (
+    CertificateRecord,
+    CrlRecord,
+    KeyRecord,
+    PublicationRecord,
+    RevocationRecord,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ class Snapshot:
     next_generations: dict[str, int] = field(default_factory=dict)
     history: list[IssuedCertificate] = field(default_factory=list)
     publications: dict[tuple[str, str], PublicationRecord] = field(default_factory=dict)
+    # The CRL with the highest number, per issuer.
+    crls: dict[str, CrlRecord] = field(default_factory=dict)
+    revocations: dict[str, RevocationRecord] = field(default_factory=dict)
 
     def current_certificate(self, authority: str) -> IssuedCertificate | None:
         for issued in reversed(self.history):
@@ -62,6 +71,31 @@ class Snapshot:
 
     def known_fingerprints(self) -> set[str]:
         return {issued.record.fingerprint_sha256 for issued in self.history}
+
+    def revocation(self, issued: IssuedCertificate) -> RevocationRecord | None:
+        """Return the revocation of ``issued``, or None when it is not revoked."""
+        return self.revocations.get(issued.record.serial)
+
+    def revoked_current(self, authority: str) -> RevocationRecord | None:
+        """Return the revocation of the authority's current certificate, if any.
+
+        Such an authority waits for its replacement: its certificate leaves
+        every bundle and chain, and the next certificate certifies a new key.
+        """
+        current = self.current_certificate(authority)
+        return None if current is None else self.revocation(current)
+
+    def revoked_key_ids(self) -> set[bytes]:
+        """Collect the subject key identifiers of keys with a revoked certificate.
+
+        A revoked key may be compromised, so no certificate for it stays a
+        trust anchor, even one issued before the revocation.
+        """
+        return {
+            issued.subject_key_id
+            for issued in self.history
+            if issued.subject_key_id is not None and self.revocation(issued)
+        }
 
 
 def _authority_key_id(certificate: x509.Certificate) -> bytes | None:
@@ -95,12 +129,31 @@ def read_snapshot(session: Session) -> Snapshot:
     for publication in session.scalars(select(PublicationRecord)):
         location = (publication.target, publication.object_name)
         snapshot.publications[location] = publication
+    for revocation in session.scalars(select(RevocationRecord)):
+        snapshot.revocations[revocation.serial] = revocation
+    # Only the newest CRL of each issuer is loaded, because older ones are
+    # never published again and large CRLs add up.
+    newest = (
+        select(CrlRecord.issuer, func.max(CrlRecord.number).label("number"))
+        .group_by(CrlRecord.issuer)
+        .subquery()
+    )
+    query = select(CrlRecord).join(
+        newest,
+        (CrlRecord.issuer == newest.c.issuer) & (CrlRecord.number == newest.c.number),
+    )
+    for signed in session.scalars(query):
+        snapshot.crls[signed.issuer] = signed
     return snapshot
 
 
 @dataclass(frozen=True)
 class DesiredObject:
-    """An object a target must contain: a bundle in its format, or a PEM chain."""
+    """An object a target must contain: a bundle in its format, a PEM chain or a CRL.
+
+    A CRL object has ``crl_encoding`` ``der`` or ``pem`` and names its issuer
+    as the only authority.
+    """
 
     target: str
     object_name: str
@@ -108,10 +161,15 @@ class DesiredObject:
     bundle: str | None = None
     format: BundleFormat = BundleFormat.PEM
     refresh_hint: int | None = None
+    crl_encoding: str | None = None
 
     @property
     def is_bundle(self) -> bool:
         return self.bundle is not None
+
+    @property
+    def is_crl(self) -> bool:
+        return self.crl_encoding is not None
 
 
 def desired_objects(model: FederationConfig) -> list[DesiredObject]:
@@ -136,7 +194,26 @@ def desired_objects(model: FederationConfig) -> list[DesiredObject]:
             chain_name = bundles.chain_object_name(name)
             desired.append(DesiredObject(target, certificate_name, (name,)))
             desired.append(DesiredObject(target, chain_name, chain))
+    for name, authority in model.authorities.items():
+        if authority.crl is None:
+            continue
+        encodings = ("der", "pem") if authority.crl.pem else ("der",)
+        for target in authority.crl.targets:
+            for encoding in encodings:
+                desired.append(
+                    DesiredObject(
+                        target,
+                        crl_object_name(name, encoding),
+                        (name,),
+                        crl_encoding=encoding,
+                    )
+                )
     return desired
+
+
+def crl_object_name(authority: str, encoding: str) -> str:
+    """``<authority>.crl`` for DER, ``<authority>.crl.pem`` for PEM."""
+    return f"{authority}.crl" if encoding == "der" else f"{authority}.crl.pem"
 
 
 def anchors(
@@ -146,19 +223,27 @@ def anchors(
 
     The current certificate always, and an earlier one while it is unexpired
     and some unexpired certificate was issued by its key, so certificates
-    issued before a rotation keep a trust anchor until they expire.
+    issued before a rotation keep a trust anchor until they expire. No
+    certificate of a key with a revoked certificate is ever an anchor.
     """
+    revoked_keys = snapshot.revoked_key_ids()
     current = snapshot.current_certificate(authority)
-    chosen = [] if current is None else [current]
+    chosen = []
+    if current is not None and current.subject_key_id not in revoked_keys:
+        chosen.append(current)
     issuing_keys = {
         issued.authority_key_id
         for issued in snapshot.history
-        if issued.valid_at(now) and issued.record.authority != authority
+        if issued.valid_at(now)
+        and issued.record.authority != authority
+        and snapshot.revocation(issued) is None
     }
     for issued in snapshot.history:
         if issued.current or issued.record.authority != authority:
             continue
         if current is not None and issued.subject_key_id == current.subject_key_id:
+            continue
+        if issued.subject_key_id in revoked_keys:
             continue
         if issued.valid_at(now) and issued.subject_key_id in issuing_keys:
             chosen.append(issued)
@@ -185,6 +270,11 @@ def spiffe_sequence(
         for issued in snapshot.history
         if not issued.valid_at(now)
     ]
+    moments += [
+        revocation.revoked_at
+        for revocation in snapshot.revocations.values()
+        if revocation.authority in authorities
+    ]
     return int(max(moments).timestamp()) if moments else 1
 
 
@@ -192,8 +282,11 @@ def render(snapshot: Snapshot, desired: DesiredObject, now: datetime.datetime) -
     """The exact bytes ``desired`` must contain.
 
     Raises:
-        StateError: a chain member has no certificate yet.
+        StateError: a chain member has no certificate yet or its certificate
+            is revoked, or a CRL's issuer has not signed one yet.
     """
+    if desired.is_crl:
+        return _render_crl(snapshot, desired)
     if desired.is_bundle:
         certificates = [
             issued.certificate
@@ -211,8 +304,23 @@ def render(snapshot: Snapshot, desired: DesiredObject, now: datetime.datetime) -
         issued = snapshot.current_certificate(authority)
         if issued is None:
             raise StateError(f"authority {authority} has no certificate yet")
+        if snapshot.revocation(issued) is not None:
+            raise StateError(
+                f"the certificate of authority {authority} is revoked and not "
+                "replaced yet"
+            )
         chain.append(issued.certificate)
     return bundles.pem_chain(chain)
+
+
+def _render_crl(snapshot: Snapshot, desired: DesiredObject) -> bytes:
+    issuer = desired.authorities[0]
+    record = snapshot.crls.get(issuer)
+    if record is None:
+        raise StateError(f"authority {issuer} has not signed a CRL yet")
+    if desired.crl_encoding == "der":
+        return record.der
+    return crl.to_pem(x509.load_der_x509_crl(record.der))
 
 
 def decode(data: bytes, bundle_format: BundleFormat) -> list[x509.Certificate] | None:

@@ -17,6 +17,7 @@ from pkifed import __version__
 from pkifed.config.loader import LoadedConfig, load_config
 from pkifed.config.policy import Severity
 from pkifed.errors import ConfigError, PkifedError
+from pkifed.federation import crl
 from pkifed.federation.locking import exclusive_run
 from pkifed.federation.reports import FORMATS as REPORT_FORMATS
 from pkifed.federation.reports import build_report
@@ -192,6 +193,58 @@ def apply(config_path: Path) -> None:
         sys.exit(1)
     if last.plan.waiting:
         click.echo("Run apply again to continue the waiting steps.")
+
+
+@cli.command()
+@click.argument("authority")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(list(crl.REASONS), case_sensitive=False),
+    help="RFC 5280 reason code written into the issuer's CRL.",
+)
+@CONFIG_OPTION
+@click.option("--yes", is_flag=True, help="Revoke without asking for confirmation.")
+def revoke(authority: str, reason: str, config_path: Path, yes: bool) -> None:
+    """Revoke an authority's certificate; the next apply replaces it with a new key.
+
+    Shows what the revocation changes first. The next apply lists the serial on
+    the parent's CRL, removes the certificate from every bundle and chain, and
+    re-issues the authority and its descendants under a new key. A root cannot
+    be revoked: rotate it instead.
+    """
+    # Case-insensitive matching returns the name as typed, so it is mapped back
+    # to the RFC's spelling.
+    reason = next(name for name in crl.REASONS if name.lower() == reason.lower())
+    config = load_config(config_path, check_secrets=False)
+    with exclusive_run(config.state_url):
+        store = Store(config.state_url)
+        try:
+            store.initialise()
+            with store.transaction() as session:
+                impact = crl.revocation_impact(config.model, store, session, authority)
+                if impact.previous is not None:
+                    click.echo(
+                        f"authority {authority}: certificate {impact.serial} is "
+                        f"already revoked ({impact.previous.reason}); run pkifed "
+                        "apply to replace it"
+                    )
+                    return
+                for line in impact.describe():
+                    click.echo(f"  {line}")
+                if not yes:
+                    click.confirm(
+                        f"Revoke certificate {impact.serial} of {authority} "
+                        f"({reason})?",
+                        abort=True,
+                    )
+                crl.record_revocation(store, session, impact, reason, utc_now())
+        finally:
+            store.close()
+    click.echo(
+        f"Revoked certificate {impact.serial} of {authority} ({reason}). Run pkifed "
+        "apply to publish the CRL and replace the authority."
+    )
 
 
 # Exit status of ``report --fail-on`` when an unwaived finding is at or above

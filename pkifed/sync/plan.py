@@ -18,10 +18,10 @@
     }
 
 Kinds: ``create-key``, ``adopt-key``, ``record-key``, ``issue-certificate``,
-``publish`` and ``retire``. New kinds may be added; existing fields keep their
-meaning. A ``waiting`` entry is a change that a later pass makes once an
-earlier step is confirmed, such as moving children to a new root only after
-every target serves it.
+``sign-crl``, ``publish`` and ``retire``. New kinds may be added; existing
+fields keep their meaning. A ``waiting`` entry is a change that a later pass
+makes once an earlier step is confirmed, such as moving children to a new root
+only after every target serves it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class ActionKind(StrEnum):
     ADOPT_KEY = "adopt-key"
     RECORD_KEY = "record-key"
     ISSUE_CERTIFICATE = "issue-certificate"
+    SIGN_CRL = "sign-crl"
     PUBLISH = "publish"
     RETIRE = "retire"
 

@@ -11,6 +11,11 @@ Ordered procedures span passes, each confirming the previous step by reading
 back: a CA whose parent gets a new key is re-issued only once every bundle that
 contains the parent serves the parent's new certificate, and an old root leaves
 the bundles only when no unexpired certificate chains to it.
+
+A revoked authority (``pkifed revoke``) gets a new key and certificate, its
+issuer signs a CRL listing the revoked serial, and its descendants are
+re-issued under the new key. CRLs are signed after the certificates of a pass
+and before anything is published.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pkifed.config.loader import LoadedConfig
 from pkifed.config.schema import AuthorityConfig, KeyAdoption
 from pkifed.errors import KeyNotFoundError, PkifedError, StateError, TemporaryError
+from pkifed.federation import crl
 from pkifed.federation.certificates import (
     IssuanceError,
     Issuer,
@@ -59,8 +66,10 @@ from pkifed.federation.publishing import (
 from pkifed.federation.runtime import Runtime
 from pkifed.federation.store import (
     CertificateRecord,
+    CrlRecord,
     KeyRecord,
     PublicationRecord,
+    RevocationRecord,
     Store,
 )
 from pkifed.providers.algorithms import PublicKey, RsaPadding, SignatureScheme
@@ -120,11 +129,31 @@ class _PlanState:
     waiting: list[PlanProblem] = field(default_factory=list)
     new_keys: set[str] = field(default_factory=set)
     new_certificates: set[str] = field(default_factory=set)
+    new_crls: set[str] = field(default_factory=set)
     blocked: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _CrlInputs:
+    """The state an issuer's next CRL is built from, read in one transaction."""
+
+    certificate: CertificateRecord
+    key: KeyRecord
+    previous_this_update: datetime.datetime | None
+    entries: list[crl.RevokedSerial]
 
 
 def _object_id(target: str, object_name: str) -> str:
     return f"{target}/{object_name}"
+
+
+def _crl_failure(issuer: str) -> str:
+    """Name the entry a failed CRL signature adds to apply's failed set.
+
+    It differs from the authority's own name, so a CRL that fails to sign
+    holds back the CRL's publication but not the authority's certificate.
+    """
+    return f"crl:{issuer}"
 
 
 class Reconciler:
@@ -197,6 +226,8 @@ class Reconciler:
 
         for name in parents_first(self.model):
             self._plan_authority(state, name)
+        for name in parents_first(self.model):
+            self._plan_crl(state, name)
         for desired in self._desired_objects():
             self._plan_publish(state, desired)
         self._plan_retirements(state)
@@ -218,7 +249,20 @@ class Reconciler:
 
         record = state.snapshot.keys.get(name)
         unchanged = record is not None and _key_change(record, authority) is None
-        if unchanged:
+        revocation = self._revoked_key(state, name)
+        if unchanged and revocation is not None:
+            # The revoked key may be compromised, so it is replaced even when
+            # the provider reports it disabled or deleted, and never certified
+            # again, whatever the rekey setting.
+            key_action = self._replacement_key_action(
+                state, name, authority, revocation
+            )
+            if key_action is None:
+                state.blocked.add(name)
+                return
+            state.actions.append(key_action)
+            state.new_keys.add(name)
+        elif unchanged:
             problem = self._key_problem(state, name, record)
             if problem is not None:
                 state.problems.append(problem)
@@ -228,7 +272,11 @@ class Reconciler:
             expiring = renewal is not None and renewal.startswith(
                 ("expires", "expired")
             )
-            if expiring and authority.rekey:
+            if (
+                expiring
+                and authority.rekey
+                and self._certifies_current_key(state, name)
+            ):
                 state.actions.append(
                     Action(
                         ActionKind.CREATE_KEY,
@@ -257,6 +305,55 @@ class Reconciler:
             Action(ActionKind.ISSUE_CERTIFICATE, subject, reason, authority=name)
         )
         state.new_certificates.add(name)
+
+    def _revoked_key(self, state: _PlanState, name: str) -> RevocationRecord | None:
+        """Return the revocation of the current certificate while it certifies
+        the current key, or None once a replacement key exists."""
+        revocation = state.snapshot.revoked_current(name)
+        if revocation is None or not self._certifies_current_key(state, name):
+            return None
+        return revocation
+
+    def _certifies_current_key(self, state: _PlanState, name: str) -> bool:
+        """Return whether the current certificate certifies the current key.
+
+        It does not after a run stopped between creating a key and issuing
+        its certificate; the next certificate then certifies the newer key.
+        """
+        issued = state.snapshot.current_certificate(name)
+        key = state.snapshot.keys.get(name)
+        return issued is not None and key is not None and issued.record.key_id == key.id
+
+    def _replacement_key_action(
+        self,
+        state: _PlanState,
+        name: str,
+        authority: AuthorityConfig,
+        revocation: RevocationRecord,
+    ) -> Action | None:
+        subject = f"authority {name}"
+        revoked = (
+            f"certificate {revocation.serial} was revoked ({revocation.reason}) at "
+            f"{_iso(revocation.revoked_at)}"
+        )
+        if isinstance(authority.key, KeyAdoption):
+            state.problems.append(
+                PlanProblem(
+                    subject,
+                    f"{revoked}, and its adopted key {authority.key.uri} is never "
+                    "certified again; set authorities."
+                    f"{name}.key to another key to adopt, or to an algorithm for "
+                    "pkifed to create one",
+                )
+            )
+            return None
+        return Action(
+            ActionKind.CREATE_KEY,
+            subject,
+            f"{revoked}; a revoked authority gets a new key: creating a "
+            f"{authority.algorithm} key in provider {authority.provider}",
+            authority=name,
+        )
 
     def _key_problem(
         self, state: _PlanState, name: str, record: KeyRecord | None
@@ -342,14 +439,20 @@ class Reconciler:
         issued = state.snapshot.current_certificate(name)
         if issued is None:
             return "missing"
+        revocation = state.snapshot.revocation(issued)
+        if revocation is not None:
+            return f"certificate {revocation.serial} revoked ({revocation.reason})"
         if name in state.new_keys:
             return "the key changes"
         parent = authority.parent
         if parent is not None and parent in state.new_keys:
             return f"parent {parent} gets a new key"
+        if not self._certifies_current_key(state, name):
+            return "the certificate certifies an earlier key"
 
         certificate = issued.certificate
-        differences = ca_profile(authority).differences(certificate)
+        parent_config = self.model.authorities[parent] if parent else None
+        differences = ca_profile(authority, parent_config).differences(certificate)
         if differences:
             return "profile changed: " + "; ".join(differences)
         issuer_scheme = signature_scheme(
@@ -444,6 +547,54 @@ class Reconciler:
     def _desired_objects(self) -> list[DesiredObject]:
         return desired_objects(self.model)
 
+    def _plan_crl(self, state: _PlanState, name: str) -> None:
+        authority = self.model.authorities[name]
+        if authority.crl is None or name in state.blocked:
+            return
+        if name not in state.new_certificates:
+            issued = state.snapshot.current_certificate(name)
+            # Without a usable certificate there is nothing to sign under; the
+            # authority's own entry already reports why.
+            if issued is None or state.snapshot.revocation(issued) is not None:
+                return
+        reason = self._crl_reason(state, name, authority.crl.validity)
+        if reason is None:
+            return
+        state.actions.append(
+            Action(ActionKind.SIGN_CRL, f"crl {name}", reason, authority=name)
+        )
+        state.new_crls.add(name)
+
+    def _crl_reason(
+        self, state: _PlanState, name: str, validity: datetime.timedelta
+    ) -> str | None:
+        latest = state.snapshot.crls.get(name)
+        if latest is None:
+            return "missing"
+        if name in state.new_certificates:
+            return "issuer re-issued: the CRL is signed under its new certificate"
+        issued = state.snapshot.current_certificate(name)
+        if issued is not None and issued.record.serial != latest.issuer_serial:
+            return "issuer re-issued: the CRL is signed under its new certificate"
+        listed = {entry.serial_number for entry in x509.load_der_x509_crl(latest.der)}
+        new = sorted(
+            revocation.serial
+            for revocation in state.snapshot.revocations.values()
+            if revocation.issuer == name and int(revocation.serial, 16) not in listed
+        )
+        if new:
+            return f"revocation of {', '.join(new)}"
+        if state.now >= latest.next_update:
+            return f"expired at {_iso(latest.next_update)}"
+        if state.now >= crl.resign_time(latest.this_update, latest.next_update):
+            return (
+                "two thirds of its validity passed (nextUpdate "
+                f"{_iso(latest.next_update)})"
+            )
+        if latest.next_update - latest.this_update > validity:
+            return f"validity changed to {validity.days} days"
+        return None
+
     def _plan_publish(self, state: _PlanState, desired: DesiredObject) -> None:
         subject = f"target {desired.target}: {desired.object_name}"
         action = Action(
@@ -453,23 +604,11 @@ class Reconciler:
             target=desired.target,
             object_name=desired.object_name,
         )
-        pending = sorted(set(desired.authorities) & state.new_certificates)
-        missing = [
-            a
-            for a in desired.authorities
-            if a not in state.new_certificates
-            and state.snapshot.current_certificate(a) is None
-        ]
-        if missing:
-            state.problems.append(
-                PlanProblem(
-                    subject,
-                    f"not published: no certificate for {', '.join(missing)} yet",
-                )
-            )
+        problem, reason = self._publish_precondition(state, desired)
+        if problem is not None:
+            state.problems.append(PlanProblem(subject, problem))
             return
-        if pending:
-            reason = f"content changes: new certificate for {', '.join(pending)}"
+        if reason is not None:
             state.actions.append(_with_reason(action, reason))
             return
 
@@ -489,6 +628,45 @@ class Reconciler:
         elif stored.data != data:
             reason = _drift_reason(stored.data, desired, state.snapshot, subject)
             state.actions.append(_with_reason(action, reason))
+
+    def _publish_precondition(
+        self, state: _PlanState, desired: DesiredObject
+    ) -> tuple[str | None, str | None]:
+        """Why ``desired`` cannot be published, or why it changes this pass.
+
+        Returns a problem, a reason to publish, or neither when only reading
+        the target back can tell.
+        """
+        if desired.is_crl:
+            issuer = desired.authorities[0]
+            if issuer in state.new_crls:
+                return None, f"content changes: new CRL of {issuer}"
+            if issuer not in state.snapshot.crls:
+                return f"not published: {issuer} has not signed a CRL yet", None
+            return None, None
+        pending = sorted(set(desired.authorities) & state.new_certificates)
+        missing = [
+            a
+            for a in desired.authorities
+            if a not in state.new_certificates
+            and state.snapshot.current_certificate(a) is None
+        ]
+        if missing:
+            return f"not published: no certificate for {', '.join(missing)} yet", None
+        revoked = [
+            a
+            for a in desired.authorities
+            if a not in state.new_certificates and state.snapshot.revoked_current(a)
+        ]
+        if revoked:
+            return (
+                f"not published: the certificate of {', '.join(revoked)} is "
+                "revoked and its replacement is not issued yet",
+                None,
+            )
+        if pending:
+            return None, f"content changes: new certificate for {', '.join(pending)}"
+        return None, None
 
     def _plan_retirements(self, state: _PlanState) -> None:
         desired = {(d.target, d.object_name) for d in self._desired_objects()}
@@ -545,10 +723,11 @@ class Reconciler:
             if action.kind is ActionKind.ISSUE_CERTIFICATE and action.authority:
                 depth = len(ancestors(self.model, action.authority))
                 by_depth.setdefault(depth, []).append(action)
+        crls = [a for a in plan.actions if a.kind is ActionKind.SIGN_CRL]
         publishing = [
             a for a in plan.actions if a.kind in (ActionKind.PUBLISH, ActionKind.RETIRE)
         ]
-        phases = [keys, *(by_depth[d] for d in sorted(by_depth)), publishing]
+        phases = [keys, *(by_depth[d] for d in sorted(by_depth)), crls, publishing]
         return [phase for phase in phases if phase]
 
     @contextlib.contextmanager
@@ -581,8 +760,13 @@ class Reconciler:
         ) as pool:
             results = list(pool.map(run, phase))
         for result in results:
-            if result.outcome != "done" and result.action.authority is not None:
-                failed.add(result.action.authority)
+            authority = result.action.authority
+            if result.outcome == "done" or authority is None:
+                continue
+            if result.action.kind is ActionKind.SIGN_CRL:
+                failed.add(_crl_failure(authority))
+            else:
+                failed.add(authority)
         return results
 
     def _dependencies(self, action: Action) -> set[str]:
@@ -596,6 +780,8 @@ class Reconciler:
                 dependencies = set(desired.authorities)
                 for authority in desired.authorities:
                     dependencies.update(ancestors(self.model, authority))
+                if desired.is_crl:
+                    dependencies.add(_crl_failure(desired.authorities[0]))
                 return dependencies
         return set()
 
@@ -622,6 +808,8 @@ class Reconciler:
             raise StateError(f"action {action} names no authority or target")
         if action.kind is ActionKind.ISSUE_CERTIFICATE:
             return self._issue(action.authority)
+        if action.kind is ActionKind.SIGN_CRL:
+            return self._sign_crl(action.authority)
         return self._obtain_key(action.kind, action.authority)
 
     def _obtain_key(self, kind: ActionKind, name: str) -> str:
@@ -697,8 +885,11 @@ class Reconciler:
                 )
                 parent_serial = format(parent_certificate.serial_number, "x")
 
+        parent_profile = (
+            self.model.authorities[authority.parent] if authority.parent else None
+        )
         certificate = build_ca_certificate(
-            ca_profile(authority),
+            ca_profile(authority, parent_profile),
             public,
             issuer=issuer,
             self_signing_key=own_key,
@@ -741,6 +932,76 @@ class Reconciler:
             )
         expiry = _iso(certificate.not_valid_after_utc)
         return f"serial {certificate.serial_number:x}, valid until {expiry}"
+
+    def _sign_crl(self, name: str) -> str:
+        authority = self.model.authorities[name]
+        if authority.crl is None:
+            raise StateError(f"authority {name} has no crl: section")
+        now = self.clock()
+        inputs = self._crl_inputs(name)
+        issuer = x509.load_der_x509_certificate(inputs.certificate.der)
+        this_update, next_update = crl.crl_times(
+            now,
+            authority.crl.validity,
+            issuer.not_valid_after_utc,
+            previous_this_update=inputs.previous_this_update,
+            latest_revocation=max((e.revoked_at for e in inputs.entries), default=None),
+        )
+        signer = self.runtime.provider(inputs.key.provider).private_key(
+            inputs.key.uri, _load_public_key(inputs.key.public_key_der)
+        )
+
+        # The number is allocated last, just before signing, in a transaction
+        # of its own, so a run that stops here leaves a gap and never a repeat.
+        number = self.store.allocate_crl_number(name)
+        signed = crl.build_crl(
+            issuer,
+            signer,
+            signature_scheme(authority),
+            number=number,
+            this_update=this_update,
+            next_update=next_update,
+            revoked=[crl.revoked_entry(entry) for entry in inputs.entries],
+        )
+
+        with self._writing() as session:
+            session.add(
+                CrlRecord(
+                    issuer=name,
+                    number=number,
+                    issuer_serial=inputs.certificate.serial,
+                    this_update=this_update,
+                    next_update=next_update,
+                    entries=len(inputs.entries),
+                    der=signed.public_bytes(serialization.Encoding.DER),
+                    signed_at=now,
+                )
+            )
+        return (
+            f"CRL number {number}, {len(inputs.entries)} entries, next update "
+            f"{_iso(next_update)}"
+        )
+
+    def _crl_inputs(self, name: str) -> _CrlInputs:
+        """Read the issuer's certificate, its key and the entries of its next CRL."""
+        with self.store.transaction() as session:
+            record = self.store.current_certificate(session, name)
+            if record is None:
+                raise StateError(f"authority {name} has no certificate to sign a CRL")
+            # The key of the certificate signs, not necessarily the newest key,
+            # because a new key may still wait for its certificate.
+            key = session.get(KeyRecord, record.key_id)
+            if key is None:
+                raise StateError(f"certificate {record.serial} has no recorded key")
+            previous = crl.latest_crl(session, name)
+            query = select(RevocationRecord).where(RevocationRecord.issuer == name)
+            revocations = list(session.scalars(query))
+            expiries = crl.certificate_expiries(
+                session, (r.serial for r in revocations)
+            )
+        previous_this_update = previous.this_update if previous is not None else None
+        entries = crl.listed_revocations(revocations, expiries, previous_this_update)
+        return _CrlInputs(record, key, previous_this_update, entries)
 
     def _require_key(self, session: object, name: str) -> KeyRecord:
         key = self.store.current_key(session, name)  # type: ignore[arg-type]
@@ -855,6 +1116,8 @@ def _adoption_problem(authority: AuthorityConfig, outcome: KeyOutcome) -> str | 
 def _drift_reason(
     stored: bytes, desired: DesiredObject, snapshot: Snapshot, subject: str
 ) -> str:
+    if desired.is_crl:
+        return _crl_drift_reason(stored, desired, snapshot)
     certificates = decode(stored, desired.format)
     if certificates is None:
         return "drifted: content is not what the federation published"
@@ -873,6 +1136,21 @@ def _drift_reason(
         described,
     )
     return f"foreign certificate present, to be removed: {described}"
+
+
+def _crl_drift_reason(stored: bytes, desired: DesiredObject, snapshot: Snapshot) -> str:
+    try:
+        if desired.crl_encoding == "der":
+            found = x509.load_der_x509_crl(stored)
+        else:
+            found = x509.load_pem_x509_crl(stored)
+    except ValueError:
+        return "drifted: content is not a CRL"
+    record = snapshot.crls[desired.authorities[0]]
+    number = crl.crl_number(found)
+    if number is not None and number < record.number:
+        return f"drifted: target serves CRL number {number}, current is {record.number}"
+    return "drifted: content differs from the federation's CRL"
 
 
 def _with_reason(action: Action, reason: str) -> Action:
