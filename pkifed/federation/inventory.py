@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from pkifed.config.loader import LoadedConfig
 from pkifed.config.schema import AuthorityConfig, FederationConfig
 from pkifed.errors import KeyNotFoundError, PkifedError, StateError
-from pkifed.federation import bundles, publishing
+from pkifed.federation import bundles, crl, publishing
 from pkifed.federation.certificates import (
     fingerprint_sha256,
     subject_key_identifier,
@@ -71,9 +71,13 @@ class NameConstraintsEntry:
 class CrlEntry:
     """The authority's current CRL.
 
-    ``state`` is ``none`` (no CRL issued), ``current``, ``stale`` (nextUpdate is
-    near) or ``expired`` (nextUpdate has passed). ``required`` is true when the
-    authority's configuration requests CRLs.
+    ``state`` is ``none`` (no CRL issued), ``current``, ``stale`` (two thirds
+    of the time from thisUpdate to nextUpdate have passed, so apply signs a new
+    one) or ``expired`` (nextUpdate has passed). ``required`` is true when the
+    authority's configuration requests CRLs. ``entries`` counts the revoked
+    serials it lists, and ``targets`` names the targets whose DER object contains
+    exactly this CRL (by publication record, or read back in a live report);
+    ``location`` is the first of them.
     """
 
     required: bool = False
@@ -82,6 +86,23 @@ class CrlEntry:
     this_update: str = ""
     next_update: str = ""
     location: str = ""
+    entries: int | None = None
+    targets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RevocationEntry:
+    """A revoked certificate of the authority.
+
+    ``replaced`` is false while the revoked certificate is still the current
+    one, before apply issues the replacement.
+    """
+
+    serial: str
+    reason: str
+    revoked_at: str
+    issuer: str
+    replaced: bool
 
 
 @dataclass(frozen=True)
@@ -157,6 +178,7 @@ class AuthorityEntry:
     signature_hash: str = ""
     name_constraints: NameConstraintsEntry | None = None
     crl: CrlEntry = field(default_factory=CrlEntry)
+    revocations: list[RevocationEntry] = field(default_factory=list)
     bundles: list[str] = field(default_factory=list)
     publications: list[TargetEntry] = field(default_factory=list)
     chain: ChainEntry = field(default_factory=lambda: ChainEntry(None, 0, []))
@@ -246,10 +268,7 @@ def level_of(model: FederationConfig, name: str) -> str:
 
 def crl_required(authority: AuthorityConfig) -> bool:
     """Return whether the authority's configuration requests CRLs."""
-    # NOTE: the configuration has no CRL settings yet, so this returns False and
-    # the CRL state is always "none" until CRL issuance fills both in.
-    del authority
-    return False
+    return authority.crl is not None
 
 
 def build_inventory(
@@ -278,7 +297,7 @@ def build_inventory(
     }
     providers = _provider_entries(config, snapshot, runtime)
     authorities = [
-        _authority_entry(config, name, snapshot, targets, runtime, now)
+        _authority_entry(config, name, snapshot, history, targets, runtime, now)
         for name in parents_first(model)
     ]
     bundle_entries = [
@@ -478,6 +497,7 @@ def _authority_entry(
     config: LoadedConfig,
     name: str,
     snapshot: _StoreSnapshot,
+    history: Snapshot,
     targets: dict[tuple[str, str], TargetEntry],
     runtime: Runtime | None,
     now: datetime.datetime,
@@ -499,6 +519,15 @@ def _authority_entry(
             bundles.chain_object_name(name),
         )
     ]
+    crl_publications = [
+        entry
+        for (_, object_name), entry in targets.items()
+        if object_name
+        in (
+            publishing.crl_object_name(name, "der"),
+            publishing.crl_object_name(name, "pem"),
+        )
+    ]
     return AuthorityEntry(
         name=name,
         provider=authority.provider,
@@ -513,14 +542,65 @@ def _authority_entry(
         key_size=_key_size(algorithm or str(authority.algorithm)),
         key_state=key_state,
         key_error=key_error,
-        crl=CrlEntry(required=crl_required(authority)),
+        crl=_crl_entry(authority, name, history, crl_publications, now),
+        revocations=_revocation_entries(name, history),
         bundles=[
             b for b, bundle in model.bundles.items() if name in bundle.authorities
         ],
-        publications=publications,
+        publications=publications + crl_publications,
         chain=check_chain(model, name, snapshot.certificates),
         **_certificate_fields(certificate, now),
     )
+
+
+def _crl_entry(
+    authority: AuthorityConfig,
+    name: str,
+    history: Snapshot,
+    publications: list[TargetEntry],
+    now: datetime.datetime,
+) -> CrlEntry:
+    required = crl_required(authority)
+    record = history.crls.get(name)
+    if record is None:
+        return CrlEntry(required=required)
+    digest = hashlib.sha256(record.der).hexdigest()
+    der_name = publishing.crl_object_name(name, "der")
+    holding = [
+        entry
+        for entry in publications
+        if entry.object_name == der_name
+        and (entry.observed_sha256 if entry.source == "live" else entry.sha256)
+        == digest
+    ]
+    return CrlEntry(
+        required=required,
+        state=crl.crl_state(record.this_update, record.next_update, now),
+        number=record.number,
+        this_update=iso(record.this_update),
+        next_update=iso(record.next_update),
+        location=holding[0].location if holding else "",
+        entries=record.entries,
+        targets=[entry.name for entry in holding],
+    )
+
+
+def _revocation_entries(name: str, history: Snapshot) -> list[RevocationEntry]:
+    current = history.current_certificate(name)
+    current_serial = current.record.serial if current is not None else None
+    return [
+        RevocationEntry(
+            serial=record.serial,
+            reason=record.reason,
+            revoked_at=iso(record.revoked_at),
+            issuer=record.issuer,
+            replaced=record.serial != current_serial,
+        )
+        for record in sorted(
+            history.revocations.values(), key=lambda r: (r.revoked_at, r.serial)
+        )
+        if record.authority == name
+    ]
 
 
 def _key_size(algorithm: str) -> int | None:

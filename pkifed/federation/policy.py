@@ -496,6 +496,17 @@ def _check_crl_freshness(context: _Context) -> list[_Draft]:
                     "Run pkifed apply to issue a fresh CRL and publish it.",
                 )
             )
+        elif crl.state == "stale":
+            # apply signs a new CRL once two thirds of its validity have passed,
+            # so a CRL past that point means apply has not run since.
+            drafts.append(
+                _draft(
+                    entry,
+                    "CRL is past two thirds of its validity and was not signed "
+                    f"again: nextUpdate is {crl.next_update}",
+                    "Run pkifed apply to issue a fresh CRL and publish it.",
+                )
+            )
     return drafts
 
 

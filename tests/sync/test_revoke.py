@@ -24,6 +24,8 @@ from cryptography import x509
 from sqlalchemy import select
 
 from pkifed.config.loader import load_config
+from pkifed.federation.inventory import build_inventory
+from pkifed.federation.policy import evaluate
 from pkifed.federation.runtime import Runtime
 from pkifed.federation.store import CrlRecord, KeyRecord, Store
 from pkifed.providers.localservices.gcp_kms import FakeCloudKms
@@ -693,3 +695,59 @@ def test_replicas_never_repeat_numbers(federation: Federation, store_url: str) -
     assert [crl_number_of(crl) for crl in crls] == numbers
     assert crl_number_of(federation.crl("out")) == 3
     assert crl_number_of(federation.crl("mirror")) == 3
+
+
+# --- reports ----------------------------------------------------------------------
+
+
+def test_inventory_reports_crl_and_revocation(federation: Federation) -> None:
+    federation.converge()
+    old = federation.certificate("issuing-gcp")
+    federation.pkifed("revoke", "issuing-gcp", "--reason", "keyCompromise", "--yes")
+    config = load_config(federation.path)
+
+    def inventory_at(now: datetime.datetime) -> Any:
+        store = Store(config.state_url)
+        try:
+            return build_inventory(config, store, now)
+        finally:
+            store.close()
+
+    pending = inventory_at(federation.now).authority("issuing-gcp")
+    federation.converge()
+    current = inventory_at(federation.now)
+    root = current.authority("root")
+    stale = inventory_at(federation.now + datetime.timedelta(days=5))
+    expired = inventory_at(federation.now + datetime.timedelta(days=8))
+    findings = {
+        label: [
+            f.message
+            for f in evaluate(inventory, config.model, moment).findings
+            if f.rule == "crl_freshness"
+        ]
+        for label, inventory, moment in (
+            ("current", current, federation.now),
+            ("stale", stale, federation.now + datetime.timedelta(days=5)),
+            ("expired", expired, federation.now + datetime.timedelta(days=8)),
+        )
+    }
+
+    assert [r.replaced for r in pending.revocations] == [False]
+    assert pending.revocations[0].serial == f"{old.serial_number:x}"
+    assert pending.revocations[0].reason == "keyCompromise"
+    assert pending.revocations[0].issuer == "root"
+    assert [r.replaced for r in current.authority("issuing-gcp").revocations] == [True]
+    assert root.crl.required
+    assert root.crl.state == "current"
+    assert root.crl.number == 2
+    assert root.crl.entries == 1
+    assert sorted(root.crl.targets) == ["mirror", "out"]
+    assert root.crl.location.endswith("root.crl")
+    assert not current.authority("issuing-gcp").crl.required
+    assert stale.authority("root").crl.state == "stale"
+    assert expired.authority("root").crl.state == "expired"
+    assert findings["current"] == []
+    assert len(findings["stale"]) == 1
+    assert "past two thirds" in findings["stale"][0]
+    assert len(findings["expired"]) == 1
+    assert "expired" in findings["expired"][0]
