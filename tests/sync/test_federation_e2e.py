@@ -45,15 +45,18 @@ PROVIDERS = {
     "gcp": "gcp-kms",
     "azure": "azure-keyvault",
 }
-# Authority, provider, key algorithm and the protection level the provider
-# reports for the keys pkifed creates with the settings in the harness.
+# Authority, parent, provider, key algorithm and the protection level the
+# provider reports for the keys pkifed creates with the harness's settings.
 AUTHORITIES = (
-    ("root", "hsm", "ec-p384", "hsm"),
-    ("intermediate", "disk", "ec-p384", "software"),
-    ("issuing-aws", "aws", "ec-p256", "hsm"),
-    ("issuing-gcp", "gcp", "rsa-3072", "software"),
-    ("issuing-azure", "azure", "ec-p256", "hsm"),
+    ("root", None, "hsm", "ec-p384", "hsm"),
+    ("intermediate", "root", "disk", "ec-p384", "software"),
+    ("issuing-aws", "intermediate", "aws", "ec-p256", "hsm"),
+    ("issuing-gcp", "intermediate", "gcp", "rsa-3072", "software"),
+    ("issuing-azure", "intermediate", "azure", "ec-p256", "hsm"),
 )
+# Validity and path length by authority. Issuing CAs get ISSUING_LEVEL.
+LEVELS = {"root": ("20y", 2), "intermediate": ("10y", 1)}
+ISSUING_LEVEL = ("5y", 0)
 CLOUDS = ("aws", "gcp", "azure")
 ISSUING = tuple(f"issuing-{cloud}" for cloud in CLOUDS)
 OBJECT_STORES = {"s3": "s3", "gcs": "gcs", "blob": "azure-blob"}
@@ -85,18 +88,18 @@ def build_federation(directory: Path, services: LocalServices) -> FederationDire
         federation.add_target(name, target_type)
         targets.append(name)
 
-    for name, provider, algorithm, _ in AUTHORITIES:
-        depth = ("root", "intermediate").index(name) if "issuing" not in name else 2
+    for name, parent, provider, algorithm, _ in AUTHORITIES:
+        validity, path_length = LEVELS.get(name, ISSUING_LEVEL)
         entry: dict[str, Any] = {
             "provider": provider,
             "key": algorithm,
             "subject": f"CN=Federation {name},O=pkifed Example",
-            "validity": ("20y", "10y", "5y")[depth],
-            "path_length": 2 - depth,
+            "validity": validity,
+            "path_length": path_length,
         }
-        if depth > 0:
-            entry["parent"] = ("root", "intermediate")[depth - 1]
-        if depth == 2:
+        if parent is not None:
+            entry["parent"] = parent
+        if name in ISSUING:
             entry["publish"] = targets
         federation.document["authorities"][name] = entry
     federation.document["bundles"] = {
@@ -189,7 +192,7 @@ def test_report_lists_every_authority(converged: Converged) -> None:
     entries = converged.authorities
 
     assert sorted(entries) == sorted(name for name, *_ in AUTHORITIES)
-    for name, provider, _, protection in AUTHORITIES:
+    for name, _, provider, _, protection in AUTHORITIES:
         scheme = URI_SCHEMES[PROVIDERS[provider]]
         assert entries[name]["provider_type"] == PROVIDERS[provider], name
         assert entries[name]["key_uri"].startswith(scheme), name
@@ -385,7 +388,7 @@ def test_killed_apply_resumes(services: LocalServices, tmp_path: Path) -> None:
     assert resumed.returncode == 0, output_of(resumed)
     assert "Traceback" not in resumed.stderr
     assert planned.returncode == 0, output_of(planned)
-    for name, provider, _, _ in AUTHORITIES:
+    for name, _, provider, _, _ in AUTHORITIES:
         assert keys_by_provider[provider] == [(name, "current")], provider
     assert service_key_versions(federation) == {
         "aws/issuing-aws": 1,
