@@ -14,6 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pkifed.config.crl import CrlConfig
+from pkifed.config.daemon import (
+    DaemonConfig,
+    EventsConfig,
+    LoggingConfig,
+    ScheduleConfig,
+)
 from pkifed.config.durations import Duration
 from pkifed.config.policy import PolicyConfig
 from pkifed.providers.algorithms import HashName, KeyAlgorithm, RsaPadding
@@ -231,6 +237,22 @@ class FederationConfig(_Model):
     policy: PolicyConfig = Field(
         default_factory=PolicyConfig,
         description="Rules and waivers that pkifed report checks.",
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig,
+        description="When pkifed daemon runs a reconcile pass.",
+    )
+    daemon: DaemonConfig = Field(
+        default_factory=DaemonConfig,
+        description="pkifed daemon's HTTP endpoint and leader election.",
+    )
+    events: EventsConfig = Field(
+        default_factory=EventsConfig,
+        description="Lifecycle events of pkifed daemon and where they are sent.",
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig,
+        description="Format and level of pkifed daemon's log lines.",
     )
 
     @field_validator("providers", "authorities", "targets", "bundles")

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from sqlalchemy.engine import make_url
 
 from pkifed import __version__
@@ -356,6 +357,125 @@ def providers_check(config_path: Path) -> None:
             )
     if failures:
         sys.exit(1)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Run one pass as leader and exit like apply: 0 when it succeeded, 1 when "
+    "an action failed, something is blocked or another replica holds the lease.",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Address of /healthz, /readyz and /metrics; overrides daemon.listen.",
+)
+@click.option(
+    "--replica-id",
+    help="This replica's name in the lease and audit log; overrides daemon.replica_id.",
+)
+@click.pass_context
+def daemon(
+    context: click.Context,
+    config_path: Path,
+    once: bool,
+    listen: str | None,
+    replica_id: str | None,
+) -> None:
+    """Reconcile on the configured schedule, with health, metrics and leader election.
+
+    SIGTERM or SIGINT stops the daemon after the running pass; SIGHUP reloads
+    the federation file if it is valid and keeps the running one otherwise.
+    """
+    from pkifed.config.daemon import parse_listen
+    from pkifed.sync.daemon import Daemon
+
+    config = load_config(config_path)
+    settings = config.model.logging
+    # --log-format on the command line wins over the file's logging.format.
+    root = context.find_root()
+    json_lines = settings.format == "json"
+    if root.get_parameter_source("log_format") is ParameterSource.COMMANDLINE:
+        json_lines = root.params["log_format"] == "json"
+    configure_logging(
+        verbose=context.obj["verbose"],
+        json_lines=json_lines,
+        level=logging.getLevelNamesMapping()[settings.level.upper()],
+    )
+    if listen is not None:
+        try:
+            parse_listen(listen)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--listen") from None
+    runner = Daemon(config, replica_id=replica_id, listen=listen)
+    if once:
+        sys.exit(runner.run_once())
+    runner.start()
+    runner.serve_forever()
+
+
+@cli.group()
+def audit() -> None:
+    """Check and export the audit log of every action the daemon applied."""
+
+
+@audit.command("verify")
+@CONFIG_OPTION
+def audit_verify(config_path: Path) -> None:
+    """Check the audit log's hash chain; exit 1 naming the first bad entry."""
+    from pkifed.federation.audit import AuditLog
+
+    config = load_config(config_path, check_secrets=False)
+    store = Store(_reading_url(config))
+    try:
+        store.initialise()
+        result = AuditLog(store).verify()
+    finally:
+        store.close()
+    if not result.ok:
+        click.echo(
+            f"audit log: entry {result.bad_seq} is invalid: {result.problem}; "
+            f"entries 1 to {result.head_seq} are intact",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(
+        f"audit log: {result.entries} entries intact; head is entry "
+        f"{result.head_seq} with hash {result.head_hash}"
+    )
+
+
+@audit.command("export")
+@CONFIG_OPTION
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the JSON lines to this file instead of standard output.",
+)
+def audit_export(config_path: Path, output: Path | None) -> None:
+    """Write every audit log entry as one JSON object per line."""
+    from pkifed.federation.audit import AuditLog
+
+    config = load_config(config_path, check_secrets=False)
+    store = Store(_reading_url(config))
+    try:
+        store.initialise()
+        log = AuditLog(store)
+        if output is None:
+            log.export(sys.stdout)
+            return
+        try:
+            with output.open("w", encoding="utf-8") as stream:
+                count = log.export(stream)
+        except OSError as error:
+            message = f"cannot write the audit log to {output}: {error.strerror}"
+            raise OutputError(message) from None
+    finally:
+        store.close()
+    click.echo(f"Wrote {count} entries to {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
@@ -28,11 +29,12 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message."""
+    """One JSON object per line: time (ISO-8601 UTC), level, logger, message."""
 
     def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         document = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -42,8 +44,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document)
 
 
-def configure_logging(verbose: bool = False, json_lines: bool = False) -> None:
-    """Send pkifed's logs to standard error, scrubbed of secrets."""
+def configure_logging(
+    verbose: bool = False, json_lines: bool = False, level: int = logging.WARNING
+) -> None:
+    """Send pkifed's logs at ``level`` or above to standard error, without secrets.
+
+    ``verbose`` lowers the level to DEBUG.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     if json_lines:
@@ -52,7 +59,9 @@ def configure_logging(verbose: bool = False, json_lines: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root.setLevel(logging.DEBUG if verbose else level)
     # Cloud SDKs log request details at INFO and DEBUG, headers included.
-    for noisy in ("botocore", "boto3", "urllib3", "azure", "google", "s3transfer"):
+    # APScheduler logs every job run, and Alembic its set-up, at INFO.
+    noisy_loggers = ("botocore", "boto3", "urllib3", "azure", "google", "s3transfer")
+    for noisy in (*noisy_loggers, "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
