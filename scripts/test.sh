@@ -12,4 +12,6 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-.venv/bin/pytest -n "${PKIFED_TEST_WORKERS:-2}" "$@"
+# Tests of one module share module-scoped services (SoftHSM2 tokens, local
+# clouds), so each module runs on one worker instead of starting them twice.
+.venv/bin/pytest -n "${PKIFED_TEST_WORKERS:-2}" --dist loadscope "$@"
