@@ -562,10 +562,10 @@ class Daemon:
     # --- readiness ------------------------------------------------------------------
 
     def readiness(self) -> Readiness:
-        """Ready when the last pass succeeded and ended at most two periods ago.
+        """Ready when the last pass succeeded and ended at most two passes ago.
 
-        The limit is two periods plus the jitter, so one late or skipped pass
-        does not make the replica unready.
+        The limit is two scheduled passes plus the jitter, so one late or
+        skipped pass does not make the replica unready.
         """
         leader = self.elector.current() is not None
         details: dict[str, Any] = {
@@ -583,16 +583,14 @@ class Daemon:
         }
         if not last.succeeded:
             return Readiness(False, f"the last pass failed: {last.message}", details)
-        schedule = self.config.model.schedule
-        limit = 2 * _period(schedule, self.clock()) + (
-            schedule.jitter or datetime.timedelta(0)
-        )
-        age = self.clock() - last.ended_at
-        if age > limit:
+        deadline = _overdue_after(self.config.model.schedule, last.ended_at)
+        now = self.clock()
+        if now > deadline:
+            age = now - last.ended_at
             return Readiness(
                 False,
-                f"the last pass ended {age.total_seconds():.0f} s ago, more than "
-                f"two periods plus jitter ({limit.total_seconds():.0f} s)",
+                f"the last pass ended {age.total_seconds():.0f} s ago and the "
+                f"schedule expected two passes since (by {_iso(deadline)})",
                 details,
             )
         return Readiness(True, "the last pass succeeded", details)
@@ -631,13 +629,26 @@ def _trigger(schedule: ScheduleConfig) -> Any:
     )
 
 
-def _period(schedule: ScheduleConfig, now: datetime.datetime) -> datetime.timedelta:
-    """Return the time between passes, on a cron schedule the next two fire times."""
+def _overdue_after(
+    schedule: ScheduleConfig, ended_at: datetime.datetime
+) -> datetime.datetime:
+    """Return when a replica whose last pass ended at ``ended_at`` is overdue.
+
+    That is two scheduled passes later plus the jitter: twice the interval, or
+    the second cron fire time after ``ended_at``, so weekends and other gaps
+    in a cron schedule do not count as missed passes.
+    """
+    jitter = schedule.jitter or datetime.timedelta(0)
     if schedule.every is not None:
-        return schedule.every
+        return ended_at + 2 * schedule.every + jitter
     trigger = cron_trigger(schedule.cron or "* * * * *")
-    first = trigger.get_next_fire_time(None, now)
-    second = trigger.get_next_fire_time(first, first + datetime.timedelta(seconds=1))
-    if first is None or second is None:
-        return datetime.timedelta(days=366)
-    return second - first  # type: ignore[no-any-return]
+    first = trigger.get_next_fire_time(None, ended_at)
+    second = None
+    if first is not None:
+        second = trigger.get_next_fire_time(
+            first, first + datetime.timedelta(seconds=1)
+        )
+    if second is None:
+        # A schedule with no future fire times never makes the replica overdue.
+        return datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    return second + jitter  # type: ignore[no-any-return]

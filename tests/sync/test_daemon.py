@@ -25,7 +25,7 @@ from pkifed.config.daemon import DaemonConfig, ScheduleConfig, cron_trigger
 from pkifed.config.loader import load_config
 from pkifed.federation.audit import AuditLog
 from pkifed.federation.store import Store
-from pkifed.sync.daemon import Daemon
+from pkifed.sync.daemon import Daemon, _overdue_after
 from tests.harness.daemon import (
     PASSPHRASE,
     DaemonProcess,
@@ -204,7 +204,22 @@ def test_readiness_overdue(daemon: Daemon, clock: FakeClock) -> None:
 
     assert ready_while_recent
     assert not readiness.ready
-    assert "more than two periods" in readiness.reason
+    assert "expected two passes since" in readiness.reason
+
+
+def test_overdue_cron_skips_weekend() -> None:
+    weekdays = ScheduleConfig(cron="0 9 * * 1-5", jitter="1m")
+    friday_pass = datetime.datetime(2026, 3, 6, 9, 0, 5, tzinfo=datetime.UTC)
+
+    deadline = _overdue_after(weekdays, friday_pass)
+
+    assert deadline == datetime.datetime(2026, 3, 10, 9, 1, tzinfo=datetime.UTC)
+
+
+def test_overdue_interval_twice() -> None:
+    every = ScheduleConfig(interval="15m")
+
+    assert _overdue_after(every, T0) == T0 + datetime.timedelta(minutes=30)
 
 
 def test_readiness_after_failed_pass(daemon: Daemon) -> None:
