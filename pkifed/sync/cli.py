@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
+import socket
 import sys
 import traceback
 from collections.abc import Iterator
@@ -153,6 +155,14 @@ def _print_plan_text(result: Plan) -> None:
         )
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        # A container may run under a numeric id with no password entry.
+        return "unknown"
+
+
 def _count(number: int, singular: str, plural: str | None = None) -> str:
     return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
@@ -162,12 +172,31 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
 def apply(config_path: Path) -> None:
     """Create keys, issue certificates and publish until the federation converges."""
 
-    def progress(outcome: ActionOutcome) -> None:
-        mark = {"done": "ok", "failed": "FAILED", "skipped": "skipped"}[outcome.outcome]
-        detail = f": {outcome.message}" if outcome.message else ""
-        click.echo(f"  [{mark}] {outcome.action.kind} {outcome.action.object}{detail}")
+    from pkifed.federation.audit import AuditLog
+
+    actor = f"cli:{_user()}@{socket.gethostname()}"
 
     with _session(config_path, writing=True) as (config, store, runtime):
+        audit = AuditLog(store)
+
+        def progress(outcome: ActionOutcome) -> None:
+            mark = {"done": "ok", "failed": "FAILED", "skipped": "skipped"}
+            detail = f": {outcome.message}" if outcome.message else ""
+            action = outcome.action
+            click.echo(
+                f"  [{mark[outcome.outcome]}] {action.kind} {action.object}{detail}"
+            )
+            # Every change is audited, whether the daemon or a person made it.
+            audit.append(
+                at=utc_now(),
+                actor=actor,
+                kind=str(action.kind),
+                subject=action.object,
+                outcome=outcome.outcome,
+                reason=action.reason,
+                message=outcome.message,
+            )
+
         reconciler = Reconciler(config, store, runtime, on_progress=progress)
         results = reconciler.converge()
     applied = [r for r in results if r.outcomes]
@@ -418,7 +447,7 @@ def daemon(
 
 @cli.group()
 def audit() -> None:
-    """Check and export the audit log of every action the daemon applied."""
+    """Check and export the audit log of every action apply and the daemon took."""
 
 
 @audit.command("verify")

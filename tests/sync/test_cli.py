@@ -287,3 +287,49 @@ def test_plan_creates_no_state(tmp_path: Path) -> None:
     assert planned.returncode == 0, planned.stderr
     assert reported.returncode == 0, reported.stderr
     assert not (tmp_path / ".pkifed").exists()
+
+
+def test_apply_writes_audit_log(tmp_path: Path) -> None:
+    document = {
+        "version": 1,
+        "name": "audited",
+        "providers": {
+            "disk": {"type": "local", "path": "keys", "passphrase": "${file:pass}"}
+        },
+        "authorities": {
+            "root": {
+                "provider": "disk",
+                "key": "ec-p256",
+                "subject": "CN=Audited Root",
+                "validity": "1y",
+            }
+        },
+    }
+    (tmp_path / "pass").write_text(PASSPHRASE)
+    (tmp_path / "audited.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    env = dict(os.environ)
+
+    applied = run_pkifed("apply", "-c", "audited.yaml", env=env, cwd=tmp_path)
+    exported = run_pkifed(
+        "audit",
+        "export",
+        "-c",
+        "audited.yaml",
+        "-o",
+        "audit.jsonl",
+        env=env,
+        cwd=tmp_path,
+    )
+    verified = run_pkifed(
+        "audit", "verify", "-c", "audited.yaml", env=env, cwd=tmp_path
+    )
+    entries = [
+        json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()
+    ]
+
+    assert applied.returncode == 0, applied.stderr
+    assert exported.returncode == 0, exported.stderr
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert [e["kind"] for e in entries] == ["create-key", "issue-certificate"]
+    assert all(e["actor"].startswith("cli:") for e in entries)
+    assert all(e["outcome"] == "done" for e in entries)
