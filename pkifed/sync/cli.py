@@ -11,26 +11,36 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
-from sqlalchemy.engine import make_url
 
 from pkifed import __version__
-from pkifed.config.loader import LoadedConfig, load_config
-from pkifed.config.policy import Severity
 from pkifed.errors import ConfigError, PkifedError
-from pkifed.federation import crl
-from pkifed.federation.locking import exclusive_run
-from pkifed.federation.reports import FORMATS as REPORT_FORMATS
-from pkifed.federation.reports import build_report
-from pkifed.federation.reports import render as render_report
-from pkifed.federation.runtime import Runtime
-from pkifed.federation.store import Store
-from pkifed.secrets import redact
-from pkifed.sync.logs import configure_logging
-from pkifed.sync.plan import Plan
-from pkifed.sync.reconcile import ActionOutcome, Reconciler, utc_now
+
+# The command line imports the rest of pkifed, SQLAlchemy, pydantic and the
+# cloud SDKs inside the commands that use them, so `pkifed --help` and shell
+# completion start without paying for them.
+if TYPE_CHECKING:
+    from pkifed.config.loader import LoadedConfig
+    from pkifed.federation.runtime import Runtime
+    from pkifed.federation.store import Store
+    from pkifed.sync.plan import Plan
+    from pkifed.sync.reconcile import ActionOutcome
+
+# Choices shown in --help; tests check they equal the lists the modules define.
+REPORT_FORMATS = ("table", "json", "csv", "markdown", "html")
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ def _reading_url(config: LoadedConfig) -> str:
     A SQLite file that does not exist yet means nothing was applied, so an
     empty in-memory store stands in for it instead of creating the file.
     """
+    from sqlalchemy.engine import make_url
+
     url = make_url(config.state_url)
     database = url.database
     is_file = url.get_backend_name() == "sqlite" and database not in (
@@ -71,6 +83,11 @@ def _reading_url(config: LoadedConfig) -> str:
 def _session(
     config_path: Path, *, writing: bool
 ) -> Iterator[tuple[LoadedConfig, Store, Runtime]]:
+    from pkifed.config.loader import load_config
+    from pkifed.federation.locking import exclusive_run
+    from pkifed.federation.runtime import Runtime
+    from pkifed.federation.store import Store
+
     config = load_config(config_path)
     with contextlib.ExitStack() as stack:
         if writing:
@@ -99,6 +116,8 @@ def _session(
 @click.pass_context
 def cli(context: click.Context, verbose: bool, log_format: str) -> None:
     """Keep a CA hierarchy consistent across HSMs and cloud KMSs."""
+    from pkifed.sync.logs import configure_logging
+
     context.obj = {"verbose": verbose}
     configure_logging(verbose=verbose, json_lines=log_format == "json")
 
@@ -107,6 +126,8 @@ def cli(context: click.Context, verbose: bool, log_format: str) -> None:
 @CONFIG_OPTION
 def validate(config_path: Path) -> None:
     """Check a federation file and report every problem at once."""
+    from pkifed.config.loader import load_config
+
     config = load_config(config_path)
     model = config.model
     click.echo(
@@ -126,6 +147,8 @@ def validate(config_path: Path) -> None:
 )
 def plan(config_path: Path, as_json: bool, detailed_exitcode: bool) -> None:
     """Show what apply would change, and why."""
+    from pkifed.sync.reconcile import Reconciler
+
     with _session(config_path, writing=False) as (config, store, runtime):
         result = Reconciler(config, store, runtime).plan()
     if as_json:
@@ -171,8 +194,8 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
 @CONFIG_OPTION
 def apply(config_path: Path) -> None:
     """Create keys, issue certificates and publish until the federation converges."""
-
     from pkifed.federation.audit import AuditLog
+    from pkifed.sync.reconcile import Reconciler, utc_now
 
     actor = f"cli:{_user()}@{socket.gethostname()}"
 
@@ -230,7 +253,7 @@ def apply(config_path: Path) -> None:
 @click.option(
     "--reason",
     required=True,
-    type=click.Choice(list(crl.REASONS), case_sensitive=False),
+    type=click.Choice(list(REVOCATION_REASONS), case_sensitive=False),
     help="RFC 5280 reason code written into the issuer's CRL.",
 )
 @CONFIG_OPTION
@@ -243,6 +266,12 @@ def revoke(authority: str, reason: str, config_path: Path, yes: bool) -> None:
     re-issues the authority and its descendants under a new key. A root cannot
     be revoked: rotate it instead.
     """
+    from pkifed.config.loader import load_config
+    from pkifed.federation import crl
+    from pkifed.federation.locking import exclusive_run
+    from pkifed.federation.store import Store
+    from pkifed.sync.reconcile import utc_now
+
     # Case-insensitive matching returns the name as typed, so it is mapped back
     # to the RFC's spelling.
     reason = next(name for name in crl.REASONS if name.lower() == reason.lower())
@@ -307,7 +336,7 @@ REPORT_FAILED_EXIT = 3
 )
 @click.option(
     "--fail-on",
-    type=click.Choice([str(severity) for severity in Severity]),
+    type=click.Choice(list(SEVERITIES)),
     default=None,
     help="Exit with status 3 when an unwaived finding has this severity or higher.",
 )
@@ -323,6 +352,14 @@ def report(
     Exit status: 0 when the report was written, 3 when --fail-on is set and an
     unwaived finding is at or above it, 1 on an error.
     """
+    from pkifed.config.loader import load_config
+    from pkifed.config.policy import Severity
+    from pkifed.federation.reports import build_report
+    from pkifed.federation.reports import render as render_report
+    from pkifed.federation.runtime import Runtime
+    from pkifed.federation.store import Store
+    from pkifed.sync.reconcile import utc_now
+
     # Secrets are needed only to talk to providers, so a report from the state
     # store works without them.
     config = load_config(config_path, check_secrets=live)
@@ -366,6 +403,10 @@ def providers() -> None:
 @CONFIG_OPTION
 def providers_check(config_path: Path) -> None:
     """Show each provider's reachability, identity, algorithms and permissions."""
+    from pkifed.config.loader import load_config
+    from pkifed.federation.runtime import Runtime
+    from pkifed.secrets import redact
+
     config = load_config(config_path)
     failures = 0
     with Runtime(config) as runtime:
@@ -419,7 +460,9 @@ def daemon(
     the federation file if it is valid and keeps the running one otherwise.
     """
     from pkifed.config.daemon import parse_listen
+    from pkifed.config.loader import load_config
     from pkifed.sync.daemon import Daemon
+    from pkifed.sync.logs import configure_logging
 
     config = load_config(config_path)
     settings = config.model.logging
@@ -454,7 +497,9 @@ def audit() -> None:
 @CONFIG_OPTION
 def audit_verify(config_path: Path) -> None:
     """Check the audit log's hash chain; exit 1 naming the first bad entry."""
+    from pkifed.config.loader import load_config
     from pkifed.federation.audit import AuditLog
+    from pkifed.federation.store import Store
 
     config = load_config(config_path, check_secrets=False)
     store = Store(_reading_url(config))
@@ -486,7 +531,9 @@ def audit_verify(config_path: Path) -> None:
 )
 def audit_export(config_path: Path, output: Path | None) -> None:
     """Write every audit log entry as one JSON object per line."""
+    from pkifed.config.loader import load_config
     from pkifed.federation.audit import AuditLog
+    from pkifed.federation.store import Store
 
     config = load_config(config_path, check_secrets=False)
     store = Store(_reading_url(config))
@@ -509,6 +556,8 @@ def audit_export(config_path: Path, output: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the command line, turning pkifed's errors into one line and exit status 1."""
+    from pkifed.secrets import redact
+
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="pkifed", standalone_mode=False)

@@ -333,3 +333,35 @@ def test_apply_writes_audit_log(tmp_path: Path) -> None:
     assert [e["kind"] for e in entries] == ["create-key", "issue-certificate"]
     assert all(e["actor"].startswith("cli:") for e in entries)
     assert all(e["outcome"] == "done" for e in entries)
+
+
+def test_help_choices_match_modules() -> None:
+    from pkifed.config.policy import Severity
+    from pkifed.federation import crl, reports
+    from pkifed.sync import cli
+
+    assert tuple(reports.FORMATS) == cli.REPORT_FORMATS
+    assert tuple(str(severity) for severity in Severity) == cli.SEVERITIES
+    assert tuple(crl.REASONS) == cli.REVOCATION_REASONS
+
+
+def test_help_imports_no_heavy_modules() -> None:
+    # `pkifed --help` must not import SQLAlchemy, the cloud SDKs or pyca's
+    # X.509 stack, which make up most of pkifed's start time.
+    script = (
+        "import sys\n"
+        "from pkifed.sync.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('sqlalchemy', 'boto3', 'google.cloud.kms', "
+        "'azure.keyvault.keys', 'cryptography.x509') if m in sys.modules]\n"
+        "print('heavy=' + ','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "heavy="
