@@ -230,7 +230,7 @@ def _require_matching_scheme(signer: object, scheme: SignatureScheme) -> None:
 
 
 def distribution_points(urls: Iterable[str]) -> x509.CRLDistributionPoints | None:
-    """One distribution point naming every URL, or None when there are none.
+    """Build one distribution point naming every URL, or None without URLs.
 
     RFC 5280, section 4.2.1.13: a point whose fullName lists several names
     offers the same CRL at each of them.

@@ -990,6 +990,9 @@ class Reconciler:
                 raise StateError(f"authority {name} has no certificate to sign a CRL")
             # The key of the certificate signs, not necessarily the newest key,
             # because a new key may still wait for its certificate.
+            # NOTE: only the current certificate's key signs CRLs, so after an
+            # issuer's key changes, certificates its earlier key issued have no
+            # fresh CRL from that key; they are listed on the new key's CRL.
             key = session.get(KeyRecord, record.key_id)
             if key is None:
                 raise StateError(f"certificate {record.serial} has no recorded key")
