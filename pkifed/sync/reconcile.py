@@ -810,9 +810,9 @@ class Reconciler:
             return self._issue(action.authority)
         if action.kind is ActionKind.SIGN_CRL:
             return self._sign_crl(action.authority)
-        return self._obtain_key(action.kind, action.authority)
+        return self._obtain_key(action.authority)
 
-    def _obtain_key(self, kind: ActionKind, name: str) -> str:
+    def _obtain_key(self, name: str) -> str:
         authority = self.model.authorities[name]
         provider = self.runtime.provider(authority.provider)
         with self.store.transaction() as session:
@@ -820,10 +820,10 @@ class Reconciler:
         label = key_name(name, generation)
         if isinstance(authority.key, KeyAdoption):
             info = provider.adopt_key(authority.key.uri, authority.key.algorithm)
-        elif kind is ActionKind.RECORD_KEY:
-            found = provider.find_key(label)
-            info = found or provider.find_or_create_key(label, authority.algorithm)
         else:
+            # A key found after a crash goes through find-or-create too, because
+            # providers finish an interrupted creation there: aws-kms, for one,
+            # names a key it found only by its tags.
             info = provider.find_or_create_key(label, authority.algorithm)
         public = provider.public_key(info.uri)
         now = self.clock()
