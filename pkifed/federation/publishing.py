@@ -62,12 +62,20 @@ class Snapshot:
     # The CRL with the highest number, per issuer.
     crls: dict[str, CrlRecord] = field(default_factory=dict)
     revocations: dict[str, RevocationRecord] = field(default_factory=dict)
+    _current: dict[str, IssuedCertificate] | None = field(default=None, repr=False)
+    _indexed: int = field(default=0, repr=False)
 
     def current_certificate(self, authority: str) -> IssuedCertificate | None:
-        for issued in reversed(self.history):
-            if issued.record.authority == authority and issued.current:
-                return issued
-        return None
+        # Planning asks for every authority and object, so the newest current
+        # certificate per authority is indexed once instead of scanned for.
+        if self._current is None or self._indexed != len(self.history):
+            current: dict[str, IssuedCertificate] = {}
+            for issued in self.history:
+                if issued.current:
+                    current[issued.record.authority] = issued
+            self._current = current
+            self._indexed = len(self.history)
+        return self._current.get(authority)
 
     def known_fingerprints(self) -> set[str]:
         return {issued.record.fingerprint_sha256 for issued in self.history}

@@ -179,6 +179,8 @@ class Reconciler:
         # before each phase and inside each state write's own transaction, so
         # a takeover commits either before the check or after the write.
         self.fence = fence
+        self._desired: list[DesiredObject] | None = None
+        self._phase_snapshot: Snapshot | None = None
         self._write_lock = threading.Lock()
         self._progress_lock = threading.Lock()
 
@@ -545,7 +547,11 @@ class Reconciler:
         )
 
     def _desired_objects(self) -> list[DesiredObject]:
-        return desired_objects(self.model)
+        # The configuration is fixed for the reconciler's life, so the list is
+        # built once; planning asks for it once per authority and object.
+        if self._desired is None:
+            self._desired = desired_objects(self.model)
+        return self._desired
 
     def _plan_crl(self, state: _PlanState, name: str) -> None:
         authority = self.model.authorities[name]
@@ -695,8 +701,15 @@ class Reconciler:
             if self.fence is not None:
                 with self.store.transaction() as session:
                     self.fence(session)
+            # Every earlier phase has finished, so one snapshot serves every
+            # object this phase publishes instead of one read per object.
+            self._phase_snapshot = None
+            if any(a.kind is ActionKind.PUBLISH for a in phase):
+                with self.store.transaction() as session:
+                    self._phase_snapshot = read_snapshot(session)
             results = self._run_phase(phase, failed)
             outcomes.extend(results)
+        self._phase_snapshot = None
         return ApplyResult(plan, tuple(outcomes))
 
     def converge(self) -> list[ApplyResult]:
@@ -1018,8 +1031,10 @@ class Reconciler:
             for d in self._desired_objects()
             if (d.target, d.object_name) == (target_name, object_name)
         )
-        with self.store.transaction() as session:
-            snapshot = read_snapshot(session)
+        snapshot = self._phase_snapshot
+        if snapshot is None:
+            with self.store.transaction() as session:
+                snapshot = read_snapshot(session)
         data = render(snapshot, desired, self.clock())
         target = self.runtime.target(target_name)
         target.publish(object_name, data)
