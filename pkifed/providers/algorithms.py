@@ -42,7 +42,9 @@ class KeyAlgorithm(StrEnum):
     @property
     def family(self) -> str:
         """``ec``, ``rsa``, ``ed25519`` or ``ml-dsa``."""
-        return self.value.rsplit("-", 1)[0] if self.value != "ed25519" else "ed25519"
+        # A table lookup, because signing asks for the family several times
+        # per signature.
+        return _FAMILIES[self]
 
     @property
     def is_ec(self) -> bool:
@@ -116,6 +118,14 @@ class KeyAlgorithm(StrEnum):
         if self.is_ec:
             return frozenset({EC_HASHES[self]})
         return frozenset(HashName)
+
+
+_FAMILIES = {
+    algorithm: algorithm.value.rsplit("-", 1)[0]
+    if algorithm.value != "ed25519"
+    else "ed25519"
+    for algorithm in KeyAlgorithm
+}
 
 
 class HashName(StrEnum):

@@ -20,6 +20,7 @@ The signing contract (enforced here, for every provider):
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -354,6 +355,14 @@ class _RemoteKeyMixin:
         return self
 
 
+@functools.cache
+def _ec_scheme(algorithm: KeyAlgorithm, hash_name: HashName) -> SignatureScheme:
+    # Schemes are immutable and validated on construction, so each pairing is
+    # built and checked once rather than on every signature. A mismatched
+    # pairing raises here each time, because failures are not cached.
+    return SignatureScheme(algorithm, hash_name)
+
+
 class RemoteECPrivateKey(_RemoteKeyMixin, ec.EllipticCurvePrivateKey):
     """An EC key held by a provider, usable wherever pyca takes a private key."""
 
@@ -387,7 +396,7 @@ class RemoteECPrivateKey(_RemoteKeyMixin, ec.EllipticCurvePrivateKey):
         hash_algorithm = signature_algorithm.algorithm
         if not isinstance(hash_algorithm, hashes.HashAlgorithm):
             raise UnsupportedAlgorithmError("prehashed input is not accepted")
-        scheme = SignatureScheme(self._algorithm, HashName.of(hash_algorithm))
+        scheme = _ec_scheme(self._algorithm, HashName.of(hash_algorithm))
         digest = _hash_locally(bytes(data), hash_algorithm)
         return self._provider.sign_digest(self._uri, scheme, digest)
 
