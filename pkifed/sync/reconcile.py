@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -697,6 +697,7 @@ class Reconciler:
         """Run the plan's actions in phases, skipping those whose inputs failed."""
         failed: set[str] = set()
         outcomes: list[ActionOutcome] = []
+        self._record_blocked(plan)
         for phase in self._phases(plan):
             if self.fence is not None:
                 with self.store.transaction() as session:
@@ -1077,16 +1078,42 @@ class Reconciler:
                 session.delete(record)
         return f"removed {target.location(object_name)}"
 
+    def _record_blocked(self, plan: Plan) -> None:
+        if not plan.problems:
+            return
+        now = self.clock()
+        try:
+            with self._writing() as session:
+                for problem in plan.problems:
+                    self.store.record_status(
+                        session,
+                        _status_object(problem.object),
+                        "blocked",
+                        problem.message,
+                        at=now,
+                    )
+        except StateError as error:
+            logger.error("recording the status of blocked objects failed: %s", error)
+
     def _record(self, outcome: ActionOutcome) -> None:
+        message = outcome.message or outcome.action.reason
+        now = self.clock()
         try:
             with self._writing() as session:
                 self.store.record_event(
                     session,
-                    at=self.clock(),
+                    at=now,
                     kind=str(outcome.action.kind),
                     subject=outcome.action.object,
                     outcome=outcome.outcome,
-                    message=outcome.message or outcome.action.reason,
+                    message=message,
+                )
+                self.store.record_status(
+                    session,
+                    _status_object(outcome.action.object),
+                    _STATUS_OF_OUTCOME[outcome.outcome],
+                    message,
+                    at=now,
                 )
         except StateError as error:
             logger.error(
@@ -1095,6 +1122,19 @@ class Reconciler:
 
 
 _KEY_KINDS = (ActionKind.CREATE_KEY, ActionKind.ADOPT_KEY, ActionKind.RECORD_KEY)
+
+# How an action's outcome is kept in the object_status table.
+_STATUS_OF_OUTCOME: dict[str, Literal["ok", "failed", "blocked"]] = {
+    "done": "ok",
+    "failed": "failed",
+    "skipped": "blocked",
+}
+
+
+def _status_object(subject: str) -> str:
+    """Turn ``authority root`` or ``target out: trust.pem`` into ``kind/name``."""
+    kind, _, name = subject.partition(" ")
+    return f"{kind}/{name.replace(': ', '/')}"
 
 
 def _bind(function: Callable[[str], _Result], argument: str) -> Callable[[], _Result]:

@@ -610,3 +610,23 @@ def test_spiffe_sequence_grows_on_rotation(federation: Federation) -> None:
 
     assert second > first
     assert len(json.loads(path.read_bytes())["keys"]) == 2
+
+
+def test_object_status_recorded(federation: Federation) -> None:
+    federation.run(apply=True)
+    (federation.directory / "keys" / "recon" / "issuing.pem.disabled").touch()
+    federation.document["authorities"]["issuing"]["subject"] = "CN=Blocked,O=Example"
+    federation.run(apply=True)
+    config = load_config(federation.path)
+    store = Store(config.state_url)
+    try:
+        with store.transaction() as session:
+            statuses = {s.object: s for s in store.statuses(session)}
+    finally:
+        store.close()
+
+    assert statuses["authority/root"].outcome == "ok"
+    assert statuses["target/out/trust.pem"].outcome == "ok"
+    assert statuses["authority/issuing"].outcome == "blocked"
+    assert "disabled" in statuses["authority/issuing"].message
+    assert statuses["authority/root"].last_attempt_at.tzinfo is not None
