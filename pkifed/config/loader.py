@@ -403,6 +403,10 @@ def _check_authority(
                 )
             )
 
+    if authority.cross_sign and authority.parent is not None:
+        problems.append(
+            Problem(f"{base}.cross_sign", "applies to roots only (no parent)")
+        )
     algorithm = authority.algorithm
     if authority.signature is not None and not algorithm.is_rsa:
         problems.append(

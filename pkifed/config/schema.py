@@ -113,6 +113,15 @@ class AuthorityConfig(_Model):
         default_factory=list,
         description="Targets that receive this authority's certificate and chain.",
     )
+    cross_sign: bool = Field(
+        default=False,
+        description=(
+            "Roots only: when the root's key changes, certify the new key with the "
+            "previous one too and publish that cross certificate as "
+            "<name>-cross.pem, so relying parties that trust only the old root "
+            "accept chains under the new one."
+        ),
+    )
     rekey: bool = Field(
         default=False,
         description=(

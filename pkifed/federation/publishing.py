@@ -170,6 +170,7 @@ class DesiredObject:
     format: BundleFormat = BundleFormat.PEM
     refresh_hint: int | None = None
     crl_encoding: str | None = None
+    cross: bool = False
 
     @property
     def is_bundle(self) -> bool:
@@ -202,6 +203,9 @@ def desired_objects(model: FederationConfig) -> list[DesiredObject]:
             chain_name = bundles.chain_object_name(name)
             desired.append(DesiredObject(target, certificate_name, (name,)))
             desired.append(DesiredObject(target, chain_name, chain))
+            if authority.cross_sign and authority.parent is None:
+                cross_name = cross_object_name(name)
+                desired.append(DesiredObject(target, cross_name, (name,), cross=True))
     for name, authority in model.authorities.items():
         if authority.crl is None:
             continue
@@ -217,6 +221,32 @@ def desired_objects(model: FederationConfig) -> list[DesiredObject]:
                     )
                 )
     return desired
+
+
+def cross_object_name(authority: str) -> str:
+    """``<root>-cross.pem``: the root's current key certified by earlier keys."""
+    return f"{authority}-cross.pem"
+
+
+def cross_label(authority: str) -> str:
+    """The state store's authority label of a root's cross certificates."""
+    return f"{authority}:cross"
+
+
+def cross_certificates(
+    snapshot: Snapshot, authority: str, now: datetime.datetime
+) -> list[IssuedCertificate]:
+    """Unexpired cross certificates of the root's current key, oldest first."""
+    current = snapshot.current_certificate(authority)
+    if current is None:
+        return []
+    return [
+        issued
+        for issued in snapshot.history
+        if issued.record.authority == cross_label(authority)
+        and issued.subject_key_id == current.subject_key_id
+        and issued.valid_at(now)
+    ]
 
 
 def crl_object_name(authority: str, encoding: str) -> str:
@@ -295,6 +325,13 @@ def render(snapshot: Snapshot, desired: DesiredObject, now: datetime.datetime) -
     """
     if desired.is_crl:
         return _render_crl(snapshot, desired)
+    if desired.cross:
+        crosses = cross_certificates(snapshot, desired.authorities[0], now)
+        if not crosses:
+            raise StateError(
+                f"authority {desired.authorities[0]} has no cross certificate yet"
+            )
+        return bundles.pem_chain(issued.certificate for issued in crosses)
     if desired.is_bundle:
         certificates = [
             issued.certificate

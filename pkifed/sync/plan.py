@@ -39,6 +39,7 @@ class ActionKind(StrEnum):
     ADOPT_KEY = "adopt-key"
     RECORD_KEY = "record-key"
     ISSUE_CERTIFICATE = "issue-certificate"
+    CROSS_SIGN = "cross-sign"
     SIGN_CRL = "sign-crl"
     PUBLISH = "publish"
     RETIRE = "retire"

@@ -56,7 +56,10 @@ from pkifed.federation.hierarchy import (
 )
 from pkifed.federation.publishing import (
     DesiredObject,
+    IssuedCertificate,
     Snapshot,
+    cross_certificates,
+    cross_label,
     decode,
     desired_objects,
     fingerprints,
@@ -72,7 +75,12 @@ from pkifed.federation.store import (
     RevocationRecord,
     Store,
 )
-from pkifed.providers.algorithms import PublicKey, RsaPadding, SignatureScheme
+from pkifed.providers.algorithms import (
+    PublicKey,
+    RsaPadding,
+    SignatureScheme,
+    algorithm_of_public_key,
+)
 from pkifed.providers.base import KeyInfo, KeyState
 from pkifed.providers.targets.base import StoredObject
 from pkifed.sync.observe import KeyOutcome, ObjectOutcome, run_bounded
@@ -130,6 +138,7 @@ class _PlanState:
     new_keys: set[str] = field(default_factory=set)
     new_certificates: set[str] = field(default_factory=set)
     new_crls: set[str] = field(default_factory=set)
+    new_cross: set[str] = field(default_factory=set)
     blocked: set[str] = field(default_factory=set)
 
 
@@ -228,6 +237,8 @@ class Reconciler:
 
         for name in parents_first(self.model):
             self._plan_authority(state, name)
+        for name in parents_first(self.model):
+            self._plan_cross(state, name)
         for name in parents_first(self.model):
             self._plan_crl(state, name)
         for desired in self._desired_objects():
@@ -601,6 +612,52 @@ class Reconciler:
             return f"validity changed to {validity.days} days"
         return None
 
+    def _plan_cross(self, state: _PlanState, name: str) -> None:
+        """Plan a cross certificate when a root with ``cross_sign`` changed key.
+
+        Each unexpired certificate of an earlier root key certifies the current
+        key once, so relying parties that still trust only the earlier root
+        accept chains under the new one (RFC 4158 section 2.3).
+        """
+        authority = self.model.authorities[name]
+        if not authority.cross_sign or name in state.blocked:
+            return
+        previous = self._cross_issuers(state.snapshot, name, state.now)
+        if not previous:
+            return
+        if name in state.new_keys or name in state.new_certificates:
+            reason = "the root's key changed; its earlier key certifies the new one"
+        else:
+            reason = "no cross certificate from the root's earlier key yet"
+            certified = {
+                issued.authority_key_id
+                for issued in cross_certificates(state.snapshot, name, state.now)
+            }
+            if all(issued.subject_key_id in certified for issued in previous):
+                return
+        state.actions.append(
+            Action(ActionKind.CROSS_SIGN, f"authority {name}", reason, authority=name)
+        )
+        state.new_cross.add(name)
+
+    def _cross_issuers(
+        self, snapshot: Snapshot, name: str, now: datetime.datetime
+    ) -> list[IssuedCertificate]:
+        """Unexpired, unrevoked certificates of the root's earlier keys."""
+        current = snapshot.current_certificate(name)
+        seen: set[bytes | None] = set()
+        found = []
+        for issued in reversed(snapshot.history):
+            if issued.record.authority != name or not issued.valid_at(now):
+                continue
+            if current is not None and issued.subject_key_id == current.subject_key_id:
+                continue
+            if issued.subject_key_id in seen or snapshot.revocation(issued) is not None:
+                continue
+            seen.add(issued.subject_key_id)
+            found.append(issued)
+        return found
+
     def _plan_publish(self, state: _PlanState, desired: DesiredObject) -> None:
         subject = f"target {desired.target}: {desired.object_name}"
         action = Action(
@@ -610,7 +667,17 @@ class Reconciler:
             target=desired.target,
             object_name=desired.object_name,
         )
-        problem, reason = self._publish_precondition(state, desired)
+        problem: str | None = None
+        reason: str | None = None
+        if desired.cross:
+            root = desired.authorities[0]
+            if root in state.new_cross:
+                reason = f"content changes: new cross certificate of {root}"
+            elif not cross_certificates(state.snapshot, root, state.now):
+                # No rotation has happened yet, so there is nothing to publish.
+                return
+        else:
+            problem, reason = self._publish_precondition(state, desired)
         if problem is not None:
             state.problems.append(PlanProblem(subject, problem))
             return
@@ -737,11 +804,18 @@ class Reconciler:
             if action.kind is ActionKind.ISSUE_CERTIFICATE and action.authority:
                 depth = len(ancestors(self.model, action.authority))
                 by_depth.setdefault(depth, []).append(action)
+        crosses = [a for a in plan.actions if a.kind is ActionKind.CROSS_SIGN]
         crls = [a for a in plan.actions if a.kind is ActionKind.SIGN_CRL]
         publishing = [
             a for a in plan.actions if a.kind in (ActionKind.PUBLISH, ActionKind.RETIRE)
         ]
-        phases = [keys, *(by_depth[d] for d in sorted(by_depth)), crls, publishing]
+        phases = [
+            keys,
+            *(by_depth[d] for d in sorted(by_depth)),
+            crosses,
+            crls,
+            publishing,
+        ]
         return [phase for phase in phases if phase]
 
     @contextlib.contextmanager
@@ -824,6 +898,8 @@ class Reconciler:
             return self._issue(action.authority)
         if action.kind is ActionKind.SIGN_CRL:
             return self._sign_crl(action.authority)
+        if action.kind is ActionKind.CROSS_SIGN:
+            return self._cross_sign(action.authority)
         return self._obtain_key(action.authority)
 
     def _obtain_key(self, name: str) -> str:
@@ -946,6 +1022,77 @@ class Reconciler:
             )
         expiry = _iso(certificate.not_valid_after_utc)
         return f"serial {certificate.serial_number:x}, valid until {expiry}"
+
+    def _cross_sign(self, name: str) -> str:
+        """Certify the root's current key with each earlier, unexpired root key."""
+        authority = self.model.authorities[name]
+        now = self.clock()
+        with self.store.transaction() as session:
+            snapshot = read_snapshot(session)
+            current = snapshot.current_certificate(name)
+            if current is None:
+                raise StateError(f"authority {name} has no certificate to cross-sign")
+            certified = {
+                issued.authority_key_id
+                for issued in cross_certificates(snapshot, name, now)
+            }
+            pending = [
+                issued
+                for issued in self._cross_issuers(snapshot, name, now)
+                if issued.subject_key_id not in certified
+            ]
+            signers = {
+                issued.record.serial: session.get(KeyRecord, issued.record.key_id)
+                for issued in pending
+            }
+            current_key = self._require_key(session, name)
+        public = _load_public_key(current_key.public_key_der)
+
+        issued_serials = []
+        for previous in pending:
+            old_key = signers[previous.record.serial]
+            if old_key is None:
+                raise StateError(
+                    f"the key of {name}'s earlier certificate "
+                    f"{previous.record.serial} is not in the state store"
+                )
+            old_public = _load_public_key(old_key.public_key_der)
+            old_algorithm = algorithm_of_public_key(old_public)
+            scheme = SignatureScheme.default_for(old_algorithm, authority.signature)
+            signer = self.runtime.provider(old_key.provider).private_key(
+                old_key.uri, old_public
+            )
+            certificate = build_ca_certificate(
+                ca_profile(authority),
+                public,
+                issuer=Issuer(previous.certificate, signer, scheme),
+                now=now,
+                backdate=self.model.issuance.backdate,
+            )
+            try:
+                certificate.verify_directly_issued_by(previous.certificate)
+            except InvalidSignature:
+                raise IssuanceError(
+                    f"the cross signature made with key {old_key.uri} does not "
+                    "verify with the public key recorded for it; nothing was recorded"
+                ) from None
+            with self._writing() as session:
+                session.add(
+                    CertificateRecord(
+                        authority=cross_label(name),
+                        serial=format(certificate.serial_number, "x"),
+                        key_id=current_key.id,
+                        issuer_serial=previous.record.serial,
+                        der=certificate.public_bytes(serialization.Encoding.DER),
+                        fingerprint_sha256=fingerprint_sha256(certificate),
+                        not_before=certificate.not_valid_before_utc,
+                        not_after=certificate.not_valid_after_utc,
+                        issued_at=now,
+                        superseded_at=None,
+                    )
+                )
+            issued_serials.append(format(certificate.serial_number, "x"))
+        return f"cross certificates {', '.join(issued_serials) or 'none needed'}"
 
     def _sign_crl(self, name: str) -> str:
         authority = self.model.authorities[name]

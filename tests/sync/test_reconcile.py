@@ -630,3 +630,54 @@ def test_object_status_recorded(federation: Federation) -> None:
     assert statuses["authority/issuing"].outcome == "blocked"
     assert "disabled" in statuses["authority/issuing"].message
     assert statuses["authority/root"].last_attempt_at.tzinfo is not None
+
+
+def test_cross_signed_rotation(federation: Federation) -> None:
+    federation.document["authorities"]["root"]["cross_sign"] = True
+    federation.document["authorities"]["root"]["publish"] = ["out"]
+    federation.run(apply=True)
+    out = federation.directory / "out"
+    old_root = (out / "root.pem").read_bytes()
+    (federation.directory / "old-root.pem").write_bytes(old_root)
+    federation.document["authorities"]["root"]["key"] = "ec-p521"
+
+    for _ in range(3):
+        federation.run(apply=True)
+    final, _ = federation.run(apply=False)
+    cross = x509.load_pem_x509_certificates((out / "root-cross.pem").read_bytes())
+    new_root = x509.load_pem_x509_certificate((out / "root.pem").read_bytes())
+    # A relying party that trusts only the old root accepts the issuing CA
+    # issued under the new key, through the cross certificate.
+    result = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "old-root.pem",
+            "-untrusted",
+            "out/root-cross.pem",
+            "out/issuing.pem",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=federation.directory,
+        check=False,
+    )
+
+    assert final.empty
+    assert len(cross) == 1
+    assert cross[0].subject == new_root.subject
+    assert cross[0].public_key() == new_root.public_key()
+    assert cross[0].issuer == x509.load_pem_x509_certificate(old_root).subject
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cross_sign_roots_only(federation: Federation) -> None:
+    from pkifed.errors import ConfigError
+
+    federation.document["authorities"]["issuing"]["cross_sign"] = True
+    federation.save()
+
+    with pytest.raises(ConfigError, match=r"issuing\.cross_sign: applies to roots"):
+        load_config(federation.path)

@@ -77,6 +77,7 @@ def document() -> dict[str, Any]:
                 "subject": "CN=Machine Root",
                 "validity": "20y",
                 "path_length": 1,
+                "cross_sign": True,
             },
             "issuing": {
                 "provider": "disk",
