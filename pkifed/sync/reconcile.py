@@ -878,13 +878,13 @@ class Reconciler:
         try:
             message = self._execute(action)
         except PkifedError as error:
-            retry = " and will be retried on the next run"
+            retry = "will be retried on the next run"
             if not isinstance(error, TemporaryError):
-                retry = "; it needs a fix before the next run"
+                retry = "it needs a fix before the next run"
             logger.error(
-                "%s: %s failed%s: %s", action.object, action.kind, retry, error
+                "%s: %s failed: %s; %s", action.object, action.kind, error, retry
             )
-            return ActionOutcome(action, "failed", f"{error}{retry}")
+            return ActionOutcome(action, "failed", f"{error}; {retry}")
         return ActionOutcome(action, "done", message)
 
     def _execute(self, action: Action) -> str:
