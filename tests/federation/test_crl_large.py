@@ -366,7 +366,7 @@ def make_target(
             "prefix": "crl",
             "account_key": f"${{env:{AZURITE_KEY_VARIABLE}}}",
             "retry": RETRY,
-            "connection_timeout": 2,
+            "connect_timeout": 2,
             "read_timeout": 10,
         }
     )

@@ -66,7 +66,7 @@ def make_target(account_url: str, container: str, prefix: str) -> AzureBlobTarge
             "prefix": prefix,
             "account_key": f"${{env:{KEY_VARIABLE}}}",
             "retry": RETRY,
-            "connection_timeout": 2,
+            "connect_timeout": 2,
             "read_timeout": 5,
         }
     )

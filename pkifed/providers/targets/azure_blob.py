@@ -145,7 +145,7 @@ class AzureBlobTargetSettings(TargetSettings):
             "DefaultAzureCredential."
         ),
     )
-    connection_timeout: float = Field(
+    connect_timeout: float = Field(
         default=5.0, gt=0, description="Time allowed to open a connection, in seconds."
     )
     read_timeout: float = Field(
@@ -256,7 +256,7 @@ class AzureBlobTarget(PublishTarget):
             self.azure.container,
             credential=self._new_credential(),
             retry_total=0,
-            connection_timeout=self.azure.connection_timeout,
+            connection_timeout=self.azure.connect_timeout,
             read_timeout=self.azure.read_timeout,
         )
 
