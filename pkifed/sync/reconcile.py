@@ -559,7 +559,7 @@ class Reconciler:
 
     def _desired_objects(self) -> list[DesiredObject]:
         # The configuration is fixed for the reconciler's life, so the list is
-        # built once; planning asks for it once per authority and object.
+        # built once; planning needs it once per authority and object.
         if self._desired is None:
             self._desired = desired_objects(self.model)
         return self._desired
@@ -617,7 +617,7 @@ class Reconciler:
 
         Each unexpired certificate of an earlier root key certifies the current
         key once, so relying parties that still trust only the earlier root
-        accept chains under the new one (RFC 4158 section 2.3).
+        accept chains under the new one.
         """
         authority = self.model.authorities[name]
         if not authority.cross_sign or name in state.blocked:
