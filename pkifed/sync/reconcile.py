@@ -483,6 +483,15 @@ class Reconciler:
                 and issued.authority_key_id != parent_issued.subject_key_id
             ):
                 return f"issued by an earlier key of parent {parent}"
+            if parent_issued is not None and parent not in state.new_certificates:
+                # A parent re-issued later starts later, so an older child would
+                # begin before its issuer; re-issuing clamps it to the parent.
+                outer = parent_issued.certificate
+                if (
+                    certificate.not_valid_before_utc < outer.not_valid_before_utc
+                    or certificate.not_valid_after_utc > outer.not_valid_after_utc
+                ):
+                    return f"validity is no longer within parent {parent}'s"
 
         remaining = certificate.not_valid_after_utc - state.now
         if remaining <= datetime.timedelta(0):

@@ -26,6 +26,7 @@ from pkifed.config.loader import load_config
 from pkifed.federation.runtime import Runtime
 from pkifed.federation.store import Store
 from pkifed.providers.algorithms import KeyAlgorithm
+from pkifed.sync.observe import read_snapshot
 from pkifed.sync.plan import ActionKind, Plan
 from pkifed.sync.reconcile import Reconciler, utc_now
 
@@ -681,3 +682,41 @@ def test_cross_sign_roots_only(federation: Federation) -> None:
 
     with pytest.raises(ConfigError, match=r"issuing\.cross_sign: applies to roots"):
         load_config(federation.path)
+
+
+def test_child_validity_nested_after_rotation(federation: Federation) -> None:
+    authorities = federation.document["authorities"]
+    authorities["root"]["path_length"] = 2
+    authorities["issuing"]["path_length"] = 1
+    authorities["leaf-ca"] = {
+        "provider": "disk",
+        "parent": "issuing",
+        "key": "ec-p256",
+        "subject": "CN=Reconcile Leaf CA",
+        "validity": "2y",
+        "path_length": 0,
+    }
+    federation.run(apply=True)
+    federation.now += datetime.timedelta(hours=1)
+    authorities["root"]["key"] = "ec-p521"
+
+    for _ in range(4):
+        federation.run(apply=True)
+    final, _ = federation.run(apply=False)
+    config = load_config(federation.path)
+    store = Store(config.state_url)
+    try:
+        with store.transaction() as session:
+            snapshot = read_snapshot(session)
+    finally:
+        store.close()
+    issuing = snapshot.current_certificate("issuing")
+    leaf = snapshot.current_certificate("leaf-ca")
+
+    assert final.empty
+    assert issuing is not None
+    assert leaf is not None
+    assert leaf.certificate.not_valid_before_utc >= (
+        issuing.certificate.not_valid_before_utc
+    )
+    assert leaf.authority_key_id == issuing.subject_key_id
