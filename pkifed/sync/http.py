@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pkifed.config.daemon import is_loopback_host
+from pkifed.errors import PermanentError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,13 @@ class HealthServer:
     ) -> None:
         self._readiness = readiness
         self._metrics = metrics
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler(self))
+        except OSError as error:
+            raise PermanentError(
+                f"http: cannot listen on {host}:{port}: {error.strerror}; choose "
+                "another address with daemon.listen or --listen"
+            ) from error
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="http", daemon=True

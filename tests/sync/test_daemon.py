@@ -450,3 +450,18 @@ def test_signals_reload_and_stop(sqlite_directory: Path) -> None:
     assert still_ready
     assert status == 0, daemon.log
     assert "released the lease" in daemon.log
+
+
+def test_listen_address_in_use() -> None:
+    import socket
+
+    from pkifed.errors import PermanentError
+    from pkifed.sync.http import HealthServer
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        with pytest.raises(PermanentError, match=f"cannot listen on 127.0.0.1:{port}"):
+            HealthServer("127.0.0.1", port, lambda: None, lambda: b"")  # type: ignore[arg-type,return-value]
