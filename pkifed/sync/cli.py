@@ -268,6 +268,7 @@ def revoke(authority: str, reason: str, config_path: Path, yes: bool) -> None:
     """
     from pkifed.config.loader import load_config
     from pkifed.federation import crl
+    from pkifed.federation.audit import AuditLog
     from pkifed.federation.locking import exclusive_run
     from pkifed.federation.store import Store
     from pkifed.sync.reconcile import utc_now
@@ -298,6 +299,17 @@ def revoke(authority: str, reason: str, config_path: Path, yes: bool) -> None:
                         abort=True,
                     )
                 crl.record_revocation(store, session, impact, reason, utc_now())
+            # A revocation changes trust as much as any action, so it is
+            # audited with the person who made it.
+            AuditLog(store).append(
+                at=utc_now(),
+                actor=f"cli:{_user()}@{socket.gethostname()}",
+                kind="revoke",
+                subject=f"authority {authority}",
+                outcome="done",
+                reason=reason,
+                message=f"revoked certificate {impact.serial}",
+            )
         finally:
             store.close()
     click.echo(

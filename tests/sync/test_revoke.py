@@ -751,3 +751,19 @@ def test_inventory_reports_crl_and_revocation(federation: Federation) -> None:
     assert "past two thirds" in findings["stale"][0]
     assert len(findings["expired"]) == 1
     assert "expired" in findings["expired"][0]
+
+
+def test_revoke_audited(federation: Federation) -> None:
+    from pkifed.federation.audit import AuditLog
+
+    federation.converge()
+    federation.pkifed("revoke", "issuing-disk", "--reason", "superseded", "--yes")
+    with federation.opened() as (store, _):
+        entries = [e for e in AuditLog(store).entries() if e.kind == "revoke"]
+        verified = AuditLog(store).verify()
+
+    assert len(entries) == 1
+    assert entries[0].subject == "authority issuing-disk"
+    assert entries[0].reason == "superseded"
+    assert entries[0].actor.startswith("cli:")
+    assert verified.ok
