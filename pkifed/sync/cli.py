@@ -401,7 +401,8 @@ def report(
             if Severity(finding.severity).rank >= Severity(fail_on).rank
         )
         click.echo(
-            f"report: {failing} unwaived findings at or above {fail_on}", err=True
+            f"report: {_count(failing, 'unwaived finding')} at or above {fail_on}",
+            err=True,
         )
         sys.exit(REPORT_FAILED_EXIT)
 
@@ -563,7 +564,7 @@ def audit_export(config_path: Path, output: Path | None) -> None:
             raise OutputError(message) from None
     finally:
         store.close()
-    click.echo(f"Wrote {count} entries to {output}")
+    click.echo(f"Wrote {_count(count, 'entry', 'entries')} to {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1101,7 +1101,10 @@ class Reconciler:
                     )
                 )
             issued_serials.append(format(certificate.serial_number, "x"))
-        return f"cross certificates {', '.join(issued_serials) or 'none needed'}"
+        if not issued_serials:
+            return "no cross certificate needed"
+        noun = "cross certificate" if len(issued_serials) == 1 else "cross certificates"
+        return f"{noun} {', '.join(issued_serials)}"
 
     def _sign_crl(self, name: str) -> str:
         authority = self.model.authorities[name]
@@ -1148,7 +1151,8 @@ class Reconciler:
                 )
             )
         return (
-            f"CRL number {number}, {len(inputs.entries)} entries, next update "
+            f"CRL number {number}, {_plural(len(inputs.entries), 'entry', 'entries')}, "
+            "next update "
             f"{_iso(next_update)}"
         )
 
@@ -1285,6 +1289,10 @@ _STATUS_OF_OUTCOME: dict[str, Literal["ok", "failed", "blocked"]] = {
     "failed": "failed",
     "skipped": "blocked",
 }
+
+
+def _plural(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
 
 
 def _status_object(subject: str) -> str:
