@@ -18,6 +18,7 @@ LAYERS = {
     "pkifed": 0,
     "pkifed.errors": 0,
     "pkifed.secrets": 0,
+    "pkifed.loopback": 0,
     "pkifed.providers": 1,
     "pkifed.config": 2,
     "pkifed.federation": 3,

@@ -7,7 +7,6 @@ defaults, so a federation file without them runs a daemon that reconciles every
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from datetime import UTC, timedelta
 from typing import Annotated, Literal
@@ -148,16 +147,6 @@ def parse_listen(value: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"invalid port {port} in listen address {value!r}: 0-65535")
     return host.removeprefix("[").removesuffix("]"), port
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback IP address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DaemonConfig(_Model):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -522,14 +521,3 @@ def _check_state_url(model: FederationConfig) -> list[Problem]:
             )
         ]
     return []
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url``'s host is a loopback address or ``localhost``."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -18,7 +18,6 @@ that do not use Azure never need them installed.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import threading
@@ -41,6 +40,7 @@ from pkifed.errors import (
     ProviderTemporaryError,
     UnsupportedAlgorithmError,
 )
+from pkifed.loopback import is_loopback_url
 from pkifed.providers.algorithms import (
     KeyAlgorithm,
     PublicKey,
@@ -107,17 +107,6 @@ _HSM_KEY_TYPES = frozenset({"EC-HSM", "RSA-HSM"})
 # The placeholder bearer token the loopback credential sends when no
 # local_token is configured. The local fake accepts any token by default.
 _LOCAL_PLACEHOLDER = "pkifed-local-static"
-
-
-def is_loopback_url(url: str) -> bool:
-    """Return whether ``url``'s host is localhost or a loopback IP address."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def vault_label(vault_url: str) -> str:

@@ -27,7 +27,6 @@ discard the response and retry a limited number of times, so it raises
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import logging
 import re
 import threading
@@ -51,6 +50,7 @@ from pkifed.errors import (
     ProviderTemporaryError,
     UnsupportedAlgorithmError,
 )
+from pkifed.loopback import is_loopback_url
 from pkifed.providers.algorithms import (
     HashName,
     KeyAlgorithm,
@@ -287,16 +287,6 @@ def _uri(name: str) -> str:
     return URI_PREFIX + name
 
 
-def _is_loopback_endpoint(endpoint: str) -> bool:
-    host = urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 # --- settings ----------------------------------------------------------------------
 
 
@@ -352,7 +342,7 @@ class GcpKmsSettings(ProviderSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"got {value!r}, expected an http:// or https:// URL")
-        if parts.scheme == "http" and not _is_loopback_endpoint(value):
+        if parts.scheme == "http" and not is_loopback_url(value):
             raise ValueError(
                 f"got {value!r}: plain http:// is allowed for loopback addresses "
                 "only; use https://"
@@ -415,7 +405,7 @@ class GcpKmsProvider(KeyProvider):
         if endpoint is None:
             return kms.KeyManagementServiceClient()
         credentials = None
-        if _is_loopback_endpoint(endpoint):
+        if is_loopback_url(endpoint):
             from google.auth.credentials import AnonymousCredentials
 
             # A local fake has no identity to check, and default credentials

@@ -19,8 +19,8 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from pkifed.config.daemon import is_loopback_host
 from pkifed.errors import PermanentError
+from pkifed.loopback import is_loopback_host
 
 logger = logging.getLogger(__name__)
 

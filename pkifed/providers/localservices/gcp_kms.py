@@ -33,7 +33,6 @@ import argparse
 import base64
 import binascii
 import datetime
-import ipaddress
 import json
 import logging
 import re
@@ -50,6 +49,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from pkifed.loopback import is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class FakeCloudKms:
         pending_generation_seconds: float = 0.0,
         max_page_size: int = _DEFAULT_PAGE_SIZE,
     ) -> None:
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError(f"host {host!r} is not a loopback address")
         self._host = host
         self._port = port
@@ -1010,15 +1011,6 @@ def _make_handler(service: FakeCloudKms) -> type[BaseHTTPRequestHandler]:
             logger.debug("fake Cloud KMS: %s", format % args)
 
     return Handler
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> None:

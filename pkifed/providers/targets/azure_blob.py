@@ -29,6 +29,7 @@ from pkifed.errors import (
     ProviderPermanentError,
     ProviderTemporaryError,
 )
+from pkifed.loopback import is_loopback_url
 from pkifed.providers.targets.base import (
     PreconditionFailedError,
     PublishTarget,
@@ -39,7 +40,6 @@ from pkifed.providers.targets.objectstore import (
     ObjectKeys,
     check_endpoint,
     content_type,
-    is_loopback_url,
     normalize_prefix,
 )
 from pkifed.secrets import SecretRef

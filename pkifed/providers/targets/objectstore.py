@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from pkifed.errors import ProviderPermanentError
+from pkifed.loopback import is_loopback_url
 
 # Content types of the objects pkifed publishes, so a bucket served over HTTP
 # gives clients the media types of RFC 2585 section 4 (pkix-cert, pkix-crl),
@@ -44,17 +44,6 @@ def normalize_prefix(value: str) -> str:
                 "none of them '.' or '..'"
             )
     return stripped
-
-
-def is_loopback_url(url: str) -> bool:
-    """Return whether ``url``'s host is localhost or a loopback IP address."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_endpoint(value: str) -> str:
