@@ -174,7 +174,7 @@ def opened(path: Path) -> Iterator[tuple[LoadedConfig, Store, Runtime]]:
 
 
 class DelayedLocalProvider(LocalProvider):
-    """A local keystore that answers like a cloud KMS: each remote call waits first.
+    """A local keystore that behaves like a cloud KMS: each remote call waits first.
 
     Signing, key creation, describing, finding and exporting the public key
     are the calls a cloud KMS makes over the network (AWS KMS Sign, CreateKey,

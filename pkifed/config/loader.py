@@ -133,8 +133,8 @@ def _problem_of(item: Any, prefix: str) -> Problem:
 
 
 def _pydantic_problems(error: ValidationError, prefix: str = "") -> list[Problem]:
-    # A union reports one error per member for the same value; they are joined
-    # into one problem per path so the reader sees every accepted form once.
+    # A union reports one error per member for the same value, so they are
+    # joined into one problem per path, listing every accepted form once.
     by_path: dict[str, list[str]] = {}
     for item in error.errors(include_url=False):
         problem = _problem_of(item, prefix)

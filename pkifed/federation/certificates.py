@@ -26,7 +26,7 @@ class IssuanceError(PermanentError):
 
 @dataclass(frozen=True)
 class CaProfile:
-    """What an authority's certificate must say, independent of when it is issued."""
+    """Contents an authority's certificate must have, whenever it is issued."""
 
     subject: x509.Name
     validity: datetime.timedelta
@@ -89,7 +89,7 @@ def _extension(
 def signing_arguments(
     scheme: SignatureScheme,
 ) -> tuple[hashes.HashAlgorithm | None, padding.PSS | None]:
-    """The hash and RSA padding pyca's builders take for ``scheme``."""
+    """Return the hash and RSA padding pyca's builders take for ``scheme``."""
     if scheme.hash is None:
         return None, None
     hash_algorithm = scheme.hash.algorithm()
@@ -103,7 +103,7 @@ def signing_arguments(
 
 
 def subject_key_identifier(certificate: x509.Certificate) -> bytes | None:
-    """The SKI extension's value, or None when the certificate has none."""
+    """Return the SKI extension's value, or None when the certificate has none."""
     extension = _extension(certificate, x509.SubjectKeyIdentifier)
     return None if extension is None else extension.digest
 
@@ -242,10 +242,10 @@ def distribution_points(urls: Iterable[str]) -> x509.CRLDistributionPoints | Non
 
 
 def fingerprint_sha256(certificate: x509.Certificate) -> str:
-    """The SHA-256 fingerprint as lowercase hex with colons."""
+    """Return the SHA-256 fingerprint as lowercase hex with colons."""
     return certificate.fingerprint(hashes.SHA256()).hex(":")
 
 
 def to_pem(certificate: x509.Certificate) -> bytes:
-    """The certificate in PEM encoding."""
+    """Encode the certificate as PEM."""
     return certificate.public_bytes(serialization.Encoding.PEM)

@@ -158,7 +158,7 @@ def _x509_svid_jwk(certificate: x509.Certificate) -> dict[str, Any]:
     """Build one bundle entry: the key's JWK parameters, use and x5c.
 
     The X509-SVID specification (section 6.1) requires ``use: x509-svid``, an
-    ``x5c`` of exactly this one certificate, and no ``kid``. ``x5c`` holds
+    ``x5c`` of exactly this one certificate, and no ``kid``. ``x5c`` contains
     standard base64 DER, not base64url (RFC 7517 section 4.7).
     """
     der = certificate.public_bytes(serialization.Encoding.DER)

@@ -32,7 +32,7 @@ def parents_first(model: FederationConfig) -> list[str]:
 
 
 def ancestors(model: FederationConfig, name: str) -> list[str]:
-    """The authority's parent, grandparent and so on up to its root."""
+    """List the authority's parent, grandparent and so on up to its root."""
     found = []
     parent = model.authorities[name].parent
     while parent is not None:
@@ -42,12 +42,12 @@ def ancestors(model: FederationConfig, name: str) -> list[str]:
 
 
 def descendants(model: FederationConfig, name: str) -> list[str]:
-    """Every authority below ``name``, parents before children."""
+    """List every authority below ``name``, parents before children."""
     return [other for other in parents_first(model) if name in ancestors(model, other)]
 
 
 def key_name(authority: str, generation: int) -> str:
-    """The name a provider files an authority's key under.
+    """Return the name a provider files an authority's key under.
 
     The first key carries the authority's name; a re-key adds ``-g<N>``, so
     every generation has its own name and find-or-create stays idempotent.
@@ -56,7 +56,7 @@ def key_name(authority: str, generation: int) -> str:
 
 
 def signature_scheme(authority: AuthorityConfig) -> SignatureScheme:
-    """The scheme this authority signs with, from its key and settings."""
+    """Return the scheme this authority signs with, from its key and settings."""
     algorithm = authority.algorithm
     scheme = SignatureScheme.default_for(algorithm, authority.signature)
     if authority.hash is not None:

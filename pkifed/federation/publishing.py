@@ -1,4 +1,4 @@
-"""What the federation publishes: every object, on every target, byte for byte.
+"""Published objects: every object the federation writes, byte for byte.
 
 The reconciler, the inventory and reports all use these functions, so what is
 planned, what is published and what is reported as in sync are the same bytes.
@@ -66,7 +66,7 @@ class Snapshot:
     _indexed: int = field(default=0, repr=False)
 
     def current_certificate(self, authority: str) -> IssuedCertificate | None:
-        # Planning asks for every authority and object, so the newest current
+        # Planning looks up every authority and object, so the newest current
         # certificate per authority is indexed once instead of scanned for.
         if self._current is None or self._indexed != len(self.history):
             current: dict[str, IssuedCertificate] = {}
@@ -182,7 +182,7 @@ class DesiredObject:
 
 
 def desired_objects(model: FederationConfig) -> list[DesiredObject]:
-    """Every object the configuration publishes, bundles first."""
+    """List every object the configuration publishes, bundles first."""
     desired = []
     for bundle_name, bundle in model.bundles.items():
         members = tuple(sorted(set(bundle.authorities)))
@@ -229,7 +229,7 @@ def cross_object_name(authority: str) -> str:
 
 
 def cross_label(authority: str) -> str:
-    """The state store's authority label of a root's cross certificates."""
+    """Return the state store's authority label of a root's cross certificates."""
     return f"{authority}:cross"
 
 
@@ -291,7 +291,7 @@ def anchors(
 def spiffe_sequence(
     snapshot: Snapshot, authorities: tuple[str, ...], now: datetime.datetime
 ) -> int:
-    """A SPIFFE bundle sequence that grows whenever the bundle's content can change.
+    """Compute a SPIFFE bundle sequence that grows whenever the content can change.
 
     A bundle changes when one of its authorities gets a certificate or when a
     certificate expires (which can drop an old anchor), so the sequence is the
@@ -369,7 +369,7 @@ def _render_crl(snapshot: Snapshot, desired: DesiredObject) -> bytes:
 
 
 def decode(data: bytes, bundle_format: BundleFormat) -> list[x509.Certificate] | None:
-    """The certificates in a published object, or None when it does not parse."""
+    """Decode the certificates in a published object; None when it does not parse."""
     try:
         if bundle_format is BundleFormat.PEM:
             return x509.load_pem_x509_certificates(data)

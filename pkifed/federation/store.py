@@ -375,7 +375,7 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose changes commit together, or not at all on an error."""
+        """Open a session whose changes commit together, or not at all on an error."""
         try:
             with self._sessions.begin() as session:
                 yield session
@@ -393,7 +393,7 @@ class Store:
     # --- keys, certificates and publications -----------------------------------
 
     def current_key(self, session: Session, authority: str) -> KeyRecord | None:
-        """The newest key of an authority that is not retired."""
+        """Return the newest key of an authority that is not retired."""
         query = (
             select(KeyRecord)
             .where(KeyRecord.authority == authority, KeyRecord.retired_at.is_(None))
@@ -410,7 +410,7 @@ class Store:
     def current_certificate(
         self, session: Session, authority: str
     ) -> CertificateRecord | None:
-        """The authority's newest certificate that has not been superseded."""
+        """Return the authority's newest certificate that has not been superseded."""
         query = (
             select(CertificateRecord)
             .where(

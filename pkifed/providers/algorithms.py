@@ -42,8 +42,8 @@ class KeyAlgorithm(StrEnum):
     @property
     def family(self) -> str:
         """``ec``, ``rsa``, ``ed25519`` or ``ml-dsa``."""
-        # A table lookup, because signing asks for the family several times
-        # per signature.
+        # A table lookup, because signing reads the family several times per
+        # signature.
         return _FAMILIES[self]
 
     @property
@@ -136,7 +136,7 @@ class HashName(StrEnum):
     SHA512 = "sha512"
 
     def algorithm(self) -> hashes.HashAlgorithm:
-        """A new pyca hash object."""
+        """Create a new pyca hash object."""
         constructors: dict[HashName, Callable[[], hashes.HashAlgorithm]] = {
             HashName.SHA256: hashes.SHA256,
             HashName.SHA384: hashes.SHA384,
@@ -215,7 +215,7 @@ class SignatureScheme:
     def default_for(
         cls, key: KeyAlgorithm, padding: RsaPadding | None = None
     ) -> SignatureScheme:
-        """The scheme used for a key when only the padding is configured."""
+        """Return the scheme for a key when only the padding is configured."""
         if key.is_rsa and padding is None:
             padding = RsaPadding.PKCS1V15
         return cls(key, key.default_hash, padding if key.is_rsa else None)

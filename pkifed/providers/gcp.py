@@ -812,9 +812,9 @@ class GcpKmsProvider(KeyProvider):
     def _checked_signature(
         self, uri: str, name: str, response: Any, verified_field: str
     ) -> bytes:
-        # Cloud KMS returns ECDSA signatures DER-encoded (its EC verification
-        # sample says so) and RSA signatures as the PKCS #1 octet string. Both
-        # are what X.509 stores, so nothing is converted.
+        # Cloud KMS returns ECDSA signatures DER-encoded (as its EC
+        # verification sample shows) and RSA signatures as the PKCS #1 octet
+        # string. Both are what X.509 stores, so nothing is converted.
         signature = bytes(response.signature)
         self._check_integrity(
             uri,

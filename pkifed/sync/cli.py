@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 
 class OutputError(PkifedError):
-    """A file the command line was told to write cannot be written."""
+    """An output file named on the command line cannot be written."""
 
 
 CONFIG_OPTION = click.option(
@@ -63,7 +63,7 @@ def _reading_url(config: LoadedConfig) -> str:
     """The state URL for a command that only reads.
 
     A SQLite file that does not exist yet means nothing was applied, so an
-    empty in-memory store stands in for it instead of creating the file.
+    empty in-memory store replaces it instead of creating the file.
     """
     from sqlalchemy.engine import make_url
 

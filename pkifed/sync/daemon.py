@@ -6,7 +6,7 @@ report ready. The leader renews the lease every third of its TTL, so when it
 dies another replica takes over within one TTL.
 
 A leader that stalls (a long GC pause, SIGSTOP, a suspended VM) may wake up
-believing it still leads. Its fencing token tells the state store otherwise:
+believing it still leads. Its fencing token shows the state store otherwise:
 the reconciler checks the token before each phase and inside the transaction of
 each state write, and the audit log checks it in the transaction of each
 append, so a replica that lost the lease records nothing. A pass also holds the

@@ -3,7 +3,7 @@
 ``/healthz`` returns 200 while the process serves requests. ``/readyz`` returns
 200 when the last pass succeeded and is recent, 503 otherwise, with the reason
 as JSON. ``/metrics`` is the Prometheus text format. The endpoints have no
-authentication, so the daemon binds a loopback address unless told otherwise.
+authentication, so the daemon binds a loopback address unless configured otherwise.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class ApplyResult:
 
 @dataclass
 class _PlanState:
-    """What planning has decided so far in one pass."""
+    """Decisions planning has made so far in one pass."""
 
     now: datetime.datetime
     snapshot: Snapshot
@@ -509,9 +509,9 @@ class Reconciler:
         """Why issuing ``name`` under its parent's new key must wait, if it must.
 
         Relying parties trust the parent's new key only once their bundle
-        contains its certificate, so while a parent in a bundle is rotating, a
-        child is issued only after every such bundle serves the parent's
-        current certificate, as read back at the start of this pass.
+        contains its certificate. So while a parent in a bundle rotates, a child
+        is issued only after every such bundle serves the parent's current
+        certificate, as read back at the start of this pass.
         """
         parent = authority.parent
         if parent is None:
@@ -547,7 +547,7 @@ class Reconciler:
         return None
 
     def _rotating(self, state: _PlanState, authority: str) -> bool:
-        """Whether ``authority`` has had a certificate for another key before.
+        """Return whether ``authority`` had a certificate for another key before.
 
         The first certificate of a new federation needs no waiting, because no
         certificate chains to an earlier key that relying parties might hold.
@@ -829,7 +829,7 @@ class Reconciler:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Session]:
-        """A transaction for one state write, checked by the fence first."""
+        """Open a transaction for one state write, checked by the fence first."""
         with self._write_lock, self.store.transaction() as session:
             if self.fence is not None:
                 self.fence(session)
@@ -1164,9 +1164,9 @@ class Reconciler:
                 raise StateError(f"authority {name} has no certificate to sign a CRL")
             # The key of the certificate signs, not necessarily the newest key,
             # because a new key may still wait for its certificate.
-            # NOTE: only the current certificate's key signs CRLs, so after an
-            # issuer's key changes, certificates its earlier key issued have no
-            # fresh CRL from that key; they are listed on the new key's CRL.
+            # NOTE: only the current certificate's key signs CRLs. After an
+            # issuer's key changes, certificates its earlier key issued get no
+            # fresh CRL from that key and are listed on the new key's CRL.
             key = session.get(KeyRecord, record.key_id)
             if key is None:
                 raise StateError(f"certificate {record.serial} has no recorded key")
@@ -1283,7 +1283,7 @@ class Reconciler:
 
 _KEY_KINDS = (ActionKind.CREATE_KEY, ActionKind.ADOPT_KEY, ActionKind.RECORD_KEY)
 
-# How an action's outcome is kept in the object_status table.
+# The object_status value of each action outcome.
 _STATUS_OF_OUTCOME: dict[str, Literal["ok", "failed", "blocked"]] = {
     "done": "ok",
     "failed": "failed",

@@ -80,8 +80,8 @@ class _ProxyServer(ThreadingHTTPServer):
         self.service = service
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Tests that time out or drop connections leave the client gone before
-        # the answer is written; that is expected, not a harness fault.
+        # Tests that time out or drop connections close the client before the
+        # response is written, which is expected and not a harness fault.
         error = sys.exc_info()[1]
         if isinstance(error, BrokenPipeError | ConnectionResetError):
             return

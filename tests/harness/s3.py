@@ -3,7 +3,7 @@
 What was checked in moto 5.2.5 (moto/s3/responses.py, ``put_object`` and
 ``delete_object``): moto honours ``If-None-Match: *`` and ``If-Match`` on
 PutObject and ``If-Match`` on DeleteObject with 412 ``PreconditionFailed``, and
-answers If-Match on a missing key with 404 ``NoSuchKey``. It checks the
+responds to If-Match on a missing key with 404 ``NoSuchKey``. It checks the
 precondition and then writes in two steps under no lock. In 30 racing pairs of
 ``If-None-Match: *`` writes without the proxy's lock, no pair both succeeded,
 but nothing in moto guarantees that. S3 makes the check and the write atomic,
@@ -110,7 +110,7 @@ class MotoS3:
         return name
 
     def fail(self, count: int, code: str = "SlowDown", status: int = 503) -> None:
-        """Answer the next ``count`` requests with an S3 error document."""
+        """Fail the next ``count`` requests with an S3 error document."""
         if self.proxy is None:
             raise RuntimeError("MotoS3 is not started")
         body = (

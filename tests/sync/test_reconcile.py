@@ -360,7 +360,7 @@ def test_root_rotation_ordered(federation: Federation) -> None:
     )
     federation.document["authorities"]["root"]["key"] = "ec-p521"
 
-    # Pass 1: the new root is issued and published beside the old one; the
+    # Pass 1 issues the new root and publishes it beside the old one. The
     # issuing CA waits, because relying parties do not trust the new root yet.
     first, outcomes = federation.run(apply=True)
     bundle = load_pem_chain(federation.directory / "out" / "trust.pem")

@@ -4,8 +4,8 @@ Versions are ETags. Writes are conditional on the server, with
 ``If-None-Match: *`` when the blob must not exist yet and ``If-Match: <ETag>``
 otherwise. Deletes send ``If-Match`` too. A failed condition comes back as
 412 ``ConditionNotMet``, or as 409 ``BlobAlreadyExists`` for ``If-None-Match``
-on an existing blob (Azurite 3.37 answers that way); both mean another writer
-got there first.
+on an existing blob (as Azurite 3.37 responds). Both mean another writer got
+there first.
 
 Credentials: an account key or a SAS token given as a secret reference, or,
 when neither is set, azure-identity's ``DefaultAzureCredential``. The Azure

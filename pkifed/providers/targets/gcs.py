@@ -2,7 +2,7 @@
 
 Versions are object generations. Writes send ``ifGenerationMatch``, which is
 ``0`` when the object must not exist yet and its generation otherwise. Deletes
-send the generation too, and Cloud Storage answers a failed condition with 412.
+send the generation too, and Cloud Storage rejects a failed condition with 412.
 A read
 fetches the object's metadata, then downloads its content on the condition
 that the generation is still the same, so content and version always belong
