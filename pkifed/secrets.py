@@ -49,6 +49,17 @@ def _remember(value: str) -> str:
     return value
 
 
+def parse_reference(text: str) -> tuple[str, str] | None:
+    """Split ``${env:NAME}`` or ``${file:PATH}`` into its kind and target.
+
+    Returns None when ``text`` as a whole is not such a reference.
+    """
+    match = _REFERENCE.match(text.strip())
+    if match is None:
+        return None
+    return match["kind"], match["target"]
+
+
 class SecretRef:
     """A reference to a secret held in an environment variable or a file."""
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 
 from pkifed.config.names import parse_general_name, parse_subject
+from pkifed.config.references import expand_references
 from pkifed.config.schema import AuthorityConfig, FederationConfig
 from pkifed.errors import ConfigError, PluginError, Problem
 from pkifed.providers.base import KeyProvider
@@ -166,11 +167,13 @@ def _validate_plugin(
             Problem(f"{path}.type", f"plugin {type_name!r} is not a {base.__name__}")
         ]
     settings_model: type[BaseModel] = getattr(plugin, "settings_model", BaseModel)
+    raw, problems = expand_references(raw, settings_model, path, base_dir)
+    if problems:
+        return None, problems
     try:
         settings = settings_model.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as error:
         return None, _pydantic_problems(error, path)
-    problems = []
     for field, value in settings:
         if check_secrets and isinstance(value, SecretRef):
             message = value.check()

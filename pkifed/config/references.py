@@ -1,0 +1,125 @@
+"""``${env:NAME}`` and ``${file:PATH}`` in the plain settings of plugins.
+
+A provider's or target's setting that is not a secret, such as an endpoint URL
+or a bucket name, may be written as a reference. The loader replaces it with the
+variable's value or the file's content before validating the settings, so the
+value appears in messages and plans like any other setting. Secret settings keep
+their references unresolved (:class:`pkifed.secrets.SecretRef`) and are skipped
+here, so this expansion never reads a secret.
+
+A relative PATH is relative to the configuration file. Trailing line breaks are
+removed, because editors and ``echo`` add them.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pkifed.errors import Problem
+from pkifed.secrets import SecretRef, parse_reference
+
+# A plain setting is a URL, a name or a path. A larger file is almost certainly
+# the wrong file, such as a certificate given where its path was expected.
+MAX_REFERENCED_FILE = 64 * 1024
+
+
+def secret_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Return the names of the fields of ``model`` that hold a secret reference."""
+    return frozenset(
+        name
+        for name, field in model.model_fields.items()
+        if _mentions_secret(field.annotation)
+    )
+
+
+def _mentions_secret(annotation: Any) -> bool:
+    if annotation is SecretRef:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return False
+    return any(_mentions_secret(argument) for argument in typing.get_args(annotation))
+
+
+def expand_references(
+    raw: dict[str, Any], model: type[BaseModel], path: str, base_dir: Path
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Replace references in the non-secret settings of one plugin's mapping.
+
+    Returns the expanded mapping and a problem for each reference that could
+    not be read. ``raw`` itself is left unchanged.
+    """
+    skipped = secret_fields(model)
+    expanded: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in raw.items():
+        if key in skipped:
+            expanded[key] = value
+        else:
+            expanded[key] = _expand(value, f"{path}.{key}", base_dir, problems)
+    return expanded, problems
+
+
+def _expand(value: Any, path: str, base_dir: Path, problems: list[Problem]) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _expand(item, f"{path}.{key}", base_dir, problems)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _expand(item, f"{path}.{index}", base_dir, problems)
+            for index, item in enumerate(value)
+        ]
+    if not isinstance(value, str):
+        return value
+    reference = parse_reference(value)
+    if reference is None:
+        return value
+    kind, target = reference
+    try:
+        if kind == "env":
+            return _read_variable(target)
+        return _read_file(target, base_dir)
+    except ValueError as error:
+        problems.append(Problem(path, f"{value.strip()}: {error}"))
+        return value
+
+
+def _read_variable(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"environment variable {name} is not set")
+    if not value.strip():
+        raise ValueError(f"environment variable {name} is empty")
+    return value.rstrip("\r\n")
+
+
+def _read_file(target: str, base_dir: Path) -> str:
+    path = Path(target).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_REFERENCED_FILE + 1)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    if len(data) > MAX_REFERENCED_FILE:
+        raise ValueError(
+            f"{path} is larger than {MAX_REFERENCED_FILE} bytes; a reference in a "
+            "plain setting must name a file that holds only the value"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    return text

@@ -1,0 +1,127 @@
+"""References in plain plugin settings: ``${env:NAME}`` and ``${file:PATH}``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pkifed.config.loader import load_config
+from pkifed.config.references import MAX_REFERENCED_FILE, secret_fields
+from pkifed.errors import ConfigError
+from pkifed.providers.local import LocalSettings
+from pkifed.providers.targets.s3 import S3TargetSettings
+from tests.config.test_validate import base_config, passphrase, write
+
+__all__ = ["passphrase"]  # The autouse fixture that sets the keystore passphrase.
+
+
+def problems_of(path: Path) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return {problem.path: problem.message for problem in caught.value.problems}
+
+
+def with_s3(bucket: Any, endpoint: Any = "http://127.0.0.1:9000") -> dict[str, Any]:
+    document = base_config()
+    document["targets"]["bucket"] = {
+        "type": "s3",
+        "bucket": bucket,
+        "region": "us-east-1",
+        "endpoint_url": endpoint,
+    }
+    return document
+
+
+def test_secret_fields_found_by_annotation() -> None:
+    assert secret_fields(LocalSettings) == {"passphrase"}
+    assert secret_fields(S3TargetSettings) == frozenset()
+
+
+def test_env_reference_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PKIFED_TEST_BUCKET", "trust-bundles")
+    config = load_config(write(tmp_path, with_s3("${env:PKIFED_TEST_BUCKET}")))
+    settings = config.targets["bucket"].settings
+    assert isinstance(settings, S3TargetSettings)
+    assert settings.bucket == "trust-bundles"
+
+
+def test_file_reference_relative_to_config(tmp_path: Path) -> None:
+    endpoints = tmp_path / ".pkifed" / "dev"
+    endpoints.mkdir(parents=True)
+    (endpoints / "s3").write_text("http://127.0.0.1:45123\n", encoding="utf-8")
+    document = with_s3("trust", "${file:.pkifed/dev/s3}")
+    config = load_config(write(tmp_path, document))
+    settings = config.targets["bucket"].settings
+    assert isinstance(settings, S3TargetSettings)
+    assert settings.endpoint_url == "http://127.0.0.1:45123"
+
+
+def test_replaced_value_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PKIFED_TEST_BUCKET", "Not A Bucket")
+    problems = problems_of(write(tmp_path, with_s3("${env:PKIFED_TEST_BUCKET}")))
+    assert "targets.bucket.bucket" in problems
+
+
+def test_unset_variable_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PKIFED_TEST_MISSING", raising=False)
+    problems = problems_of(write(tmp_path, with_s3("${env:PKIFED_TEST_MISSING}")))
+    assert problems == {
+        "targets.bucket.bucket": (
+            "${env:PKIFED_TEST_MISSING}: environment variable PKIFED_TEST_MISSING "
+            "is not set"
+        )
+    }
+
+
+def test_missing_file_named(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:nowhere}")))
+    message = problems["targets.bucket.endpoint_url"]
+    assert message.startswith("${file:nowhere}: cannot read ")
+    assert str(tmp_path / "nowhere") in message
+
+
+def test_empty_file_rejected(tmp_path: Path) -> None:
+    (tmp_path / "endpoint").write_text("\n", encoding="utf-8")
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:endpoint}")))
+    assert problems["targets.bucket.endpoint_url"].endswith("is empty")
+
+
+def test_large_file_rejected(tmp_path: Path) -> None:
+    (tmp_path / "endpoint").write_bytes(b"x" * (MAX_REFERENCED_FILE + 1))
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:endpoint}")))
+    assert "is larger than" in problems["targets.bucket.endpoint_url"]
+
+
+def test_secret_setting_keeps_reference(tmp_path: Path, passphrase: str) -> None:
+    config = load_config(write(tmp_path, base_config()))
+    settings = config.providers["disk"].settings
+    assert isinstance(settings, LocalSettings)
+    assert settings.passphrase.reference == "${env:PKIFED_TEST_PASSPHRASE}"
+    assert passphrase not in repr(settings)
+
+
+def test_plain_text_left_alone(tmp_path: Path) -> None:
+    document = with_s3("trust", "http://127.0.0.1:9000")
+    document["targets"]["bucket"]["prefix"] = "pki/${not-a-reference}"
+    config = load_config(write(tmp_path, document))
+    settings = config.targets["bucket"].settings
+    assert isinstance(settings, S3TargetSettings)
+    assert settings.prefix == "pki/${not-a-reference}"
+
+
+def test_file_unchanged_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PKIFED_TEST_BUCKET", "trust-bundles")
+    path = write(tmp_path, with_s3("${env:PKIFED_TEST_BUCKET}"))
+    before = path.read_bytes()
+    load_config(path)
+    assert path.read_bytes() == before
+    assert yaml.safe_load(before)["targets"]["bucket"]["bucket"].startswith("${env:")
