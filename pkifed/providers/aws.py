@@ -10,6 +10,11 @@ Key URIs follow step-ca's ``awskms`` form, ``awskms:key-id=<key id>;region=<regi
 Only digests are sent (``MessageType=DIGEST``): the Sign API caps ``RAW`` messages
 at 4,096 bytes, and CRLs grow past that.
 
+Credentials come from boto3's standard chain, except for a loopback
+``endpoint_url`` such as the local stand-in of ``pkifed dev up``: that one gets
+fixed placeholder credentials, so no real credential is ever sent to a local
+service and boto3 never queries the instance metadata service for one.
+
 boto3 is imported on first use, so ``pkifed --help`` never loads it.
 """
 
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pkifed.errors import (
     AccessDeniedError,
@@ -35,6 +40,7 @@ from pkifed.errors import (
     ProviderTemporaryError,
     UnsupportedAlgorithmError,
 )
+from pkifed.loopback import is_loopback_url
 from pkifed.providers.algorithms import (
     KeyAlgorithm,
     PublicKey,
@@ -66,6 +72,12 @@ logger = logging.getLogger(__name__)
 URI_SCHEME = "awskms"
 TAG_FEDERATION = "pkifed:federation"
 TAG_KEY_NAME = "pkifed:key-name"
+
+# Placeholder credentials for a loopback endpoint_url (a local stand-in such as
+# moto), which accepts any. They are public and grant nothing anywhere. The s3
+# target uses them too.
+LOOPBACK_ACCESS_KEY_ID = "PKIFEDLOOPBACKPLACEHOLDER"
+LOOPBACK_SECRET_ACCESS_KEY = "pkifed-loopback-placeholder"  # noqa: S105 - public.
 
 # The Sign API's limit on Message, from the KMS API reference (Sign, Message).
 MAX_RAW_MESSAGE = 4096
@@ -179,12 +191,27 @@ _UNPROBED_PERMISSIONS = (
 )
 
 
+def placeholder_credentials(
+    endpoint_url: str | None,
+) -> tuple[str, str] | tuple[None, None]:
+    """Return the access key ID and secret key to give boto3 for ``endpoint_url``.
+
+    A loopback endpoint gets the placeholder credentials, which skip boto3's
+    credential chain. Any other endpoint gets ``(None, None)``, so the chain
+    runs as usual.
+    """
+    if endpoint_url is None or not is_loopback_url(endpoint_url):
+        return None, None
+    return LOOPBACK_ACCESS_KEY_ID, LOOPBACK_SECRET_ACCESS_KEY
+
+
 class AwsKmsSettings(ProviderSettings):
     """Settings of an ``aws-kms`` provider.
 
     Credentials come from boto3's standard chain: environment variables, the
     shared config files (optionally a named profile), web identity and container
-    or instance roles. None are written in the configuration file.
+    or instance roles. None are written in the configuration file. A loopback
+    endpoint_url gets placeholder credentials instead of the chain.
     """
 
     type: Literal["aws-kms"] = Field(description="Provider type: aws-kms.")
@@ -197,14 +224,17 @@ class AwsKmsSettings(ProviderSettings):
         default=None,
         description=(
             "KMS endpoint URL to use instead of the region's public endpoint, such "
-            "as a VPC endpoint or a local test service."
+            "as a VPC endpoint or a local stand-in. A loopback endpoint "
+            "(localhost, 127.0.0.0/8, ::1) is called with fixed placeholder "
+            "credentials and never with the default credential chain, so no real "
+            "credential reaches a local service."
         ),
     )
     profile: str | None = Field(
         default=None,
         description=(
             "Named profile in the shared AWS config files; unset uses the default "
-            "credential chain."
+            "credential chain. Not allowed with a loopback endpoint_url."
         ),
     )
     connect_timeout: float = Field(
@@ -213,6 +243,21 @@ class AwsKmsSettings(ProviderSettings):
     read_timeout: float = Field(
         default=15.0, gt=0, description="Time allowed for each response, in seconds."
     )
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> AwsKmsSettings:
+        if self.profile is not None and self.uses_placeholder_credentials:
+            raise ValueError(
+                f"profile {self.profile!r} would not be used: a loopback "
+                f"endpoint_url ({self.endpoint_url}) gets placeholder credentials; "
+                "remove profile"
+            )
+        return self
+
+    @property
+    def uses_placeholder_credentials(self) -> bool:
+        """Whether endpoint_url is loopback, so placeholder credentials are sent."""
+        return self.endpoint_url is not None and is_loopback_url(self.endpoint_url)
 
 
 def format_key_uri(key_id: str, region: str) -> str:
@@ -383,8 +428,16 @@ class AwsKmsProvider(KeyProvider):
         import boto3
         from botocore.config import Config
 
+        # The settings reject a profile with a loopback endpoint, so at most
+        # one of profile and placeholder credentials is given.
+        access_key_id, secret_access_key = placeholder_credentials(
+            self.aws.endpoint_url
+        )
         session = boto3.session.Session(
-            profile_name=self.aws.profile, region_name=self.aws.region
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            profile_name=self.aws.profile,
+            region_name=self.aws.region,
         )
         # pkifed's retry layer retries temporary errors with its own backoff, so
         # botocore makes exactly one attempt per call.
@@ -805,6 +858,8 @@ class AwsKmsProvider(KeyProvider):
         identity = f"region {self.aws.region}, endpoint {self._endpoint_label()}"
         if self.aws.profile:
             identity += f", profile {self.aws.profile}"
+        if self.aws.uses_placeholder_credentials:
+            identity += ", placeholder credentials (loopback endpoint)"
         missing: list[str] = []
         try:
             aliases = self._probe("kms:ListAliases", missing, self._aliases)

@@ -8,7 +8,9 @@ succeed. Deletes send ``IfMatch`` too.
 
 Credentials come from boto3's standard chain (environment variables, shared
 config files, web identity, container or instance roles); none are written in
-the configuration. boto3 is imported on first use.
+the configuration. A loopback ``endpoint_url``, such as a local stand-in, gets
+fixed placeholder credentials instead, so no real credential is sent to it and
+boto3 never queries the instance metadata service. boto3 is imported on first use.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pkifed.errors import (
     ProviderPermanentError,
     ProviderTemporaryError,
 )
-from pkifed.providers.aws import redact_credentials
+from pkifed.providers.aws import placeholder_credentials, redact_credentials
 from pkifed.providers.targets.base import (
     PreconditionFailedError,
     PublishTarget,
@@ -111,7 +113,9 @@ class S3TargetSettings(TargetSettings):
             "S3 endpoint URL to use instead of the region's public endpoint, such "
             "as a VPC endpoint or a local test service; requests then use "
             "path-style addressing. Plain http:// is accepted for loopback "
-            "addresses only."
+            "addresses only. A loopback endpoint (localhost, 127.0.0.0/8, ::1) is "
+            "called with fixed placeholder credentials and never with the default "
+            "credential chain, so no real credential reaches a local service."
         ),
     )
     connect_timeout: float = Field(
@@ -226,8 +230,12 @@ class S3Target(PublishTarget):
         import boto3
         from botocore.config import Config
 
+        access_key_id, secret_access_key = placeholder_credentials(self.s3.endpoint_url)
         session = boto3.session.Session(
-            botocore_session=_botocore_session(), region_name=self.s3.region
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            botocore_session=_botocore_session(),
+            region_name=self.s3.region,
         )
         # Each publish attempt is retried as a whole (read, conditional write),
         # so botocore makes exactly one attempt per call. Custom endpoints such
