@@ -11,7 +11,8 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
@@ -39,6 +40,7 @@ from pkifed.providers.algorithms import (
     SignatureScheme,
 )
 from pkifed.providers.aws import (
+    LOOPBACK_ACCESS_KEY_ID,
     TAG_FEDERATION,
     TAG_KEY_NAME,
     AwsKmsProvider,
@@ -46,9 +48,11 @@ from pkifed.providers.aws import (
     format_key_uri,
     map_error,
     parse_key_uri,
+    placeholder_credentials,
 )
 from pkifed.providers.base import KeyState, ProtectionLevel, ProviderContext
 from pkifed.providers.retry import RetrySettings
+from tests.harness.aws_credentials import TRAP_ACCESS_KEY_ID, install_credential_trap
 from tests.harness.moto_service import MotoKms
 from tests.providers.conformance import (
     ProviderConformance,
@@ -680,6 +684,74 @@ def test_import_does_not_load_boto3() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("source", ["environment", "credential_process"])
+def test_loopback_endpoint_placeholder_credentials(
+    kms: MotoKms,
+    federation: str,
+    source: Literal["environment", "credential_process"],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = install_credential_trap(tmp_path, monkeypatch, source)
+    kms.clear()
+    provider = make_provider(kms, federation)
+    try:
+        info = provider.find_or_create_key(unique_name(), KeyAlgorithm.EC_P256)
+        signature = provider.private_key(info.uri).sign(
+            b"data", ec.ECDSA(hashes.SHA256())
+        )
+        status = provider.check()
+    finally:
+        provider.close()
+    sent = set(kms.access_key_ids)
+    kms.clear()
+
+    public_key = _public_key(kms, info.uri)
+    public_key.verify(signature, b"data", ec.ECDSA(hashes.SHA256()))
+    assert sent == {LOOPBACK_ACCESS_KEY_ID}
+    assert TRAP_ACCESS_KEY_ID not in sent
+    assert not marker.exists()
+    assert "placeholder credentials" in status.identity
+
+
+@pytest.mark.parametrize(
+    "endpoint_url",
+    [
+        None,
+        "https://kms.eu-west-1.amazonaws.com",
+        "https://vpce-0123.kms.eu-west-1.vpce.amazonaws.com",
+        "http://169.254.169.254",
+    ],
+)
+def test_remote_endpoint_uses_credential_chain(endpoint_url: str | None) -> None:
+    settings = AwsKmsSettings(
+        type="aws-kms", region="eu-west-1", endpoint_url=endpoint_url
+    )
+
+    assert placeholder_credentials(endpoint_url) == (None, None)
+    assert not settings.uses_placeholder_credentials
+
+
+@pytest.mark.parametrize(
+    "endpoint_url", ["http://127.0.0.1:4566", "http://localhost:4566", "http://[::1]:1"]
+)
+def test_loopback_endpoint_placeholder_pair(endpoint_url: str) -> None:
+    access_key_id, secret_access_key = placeholder_credentials(endpoint_url)
+
+    assert access_key_id == LOOPBACK_ACCESS_KEY_ID
+    assert secret_access_key
+
+
+def test_settings_reject_profile_on_loopback() -> None:
+    with pytest.raises(ValueError, match="profile 'prod' would not be used"):
+        AwsKmsSettings(
+            type="aws-kms",
+            region="us-east-1",
+            endpoint_url="http://127.0.0.1:4566",
+            profile="prod",
+        )
 
 
 def test_settings_reject_unknown_field() -> None:

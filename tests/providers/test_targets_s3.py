@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -15,9 +16,11 @@ from pkifed.errors import (
     ProviderPermanentError,
     ProviderTemporaryError,
 )
+from pkifed.providers.aws import LOOPBACK_ACCESS_KEY_ID
 from pkifed.providers.retry import RetrySettings
 from pkifed.providers.targets.base import PreconditionFailedError, PublishTarget
 from pkifed.providers.targets.s3 import S3Target, S3TargetSettings, map_error
+from tests.harness.aws_credentials import TRAP_ACCESS_KEY_ID, install_credential_trap
 from tests.harness.s3 import REGION, MotoS3
 from tests.providers.target_conformance import TargetConformance, unique_prefix
 
@@ -194,3 +197,30 @@ def test_settings_normalise_prefix() -> None:
     assert settings.prefix == "pki/prod"
     with pytest.raises(ValidationError, match="'\\.\\.'"):
         S3TargetSettings(type="s3", bucket="pkifed", region=REGION, prefix="a/../b")
+
+
+@pytest.mark.parametrize("source", ["environment", "credential_process"])
+def test_loopback_endpoint_placeholder_credentials(
+    s3: MotoS3,
+    bucket: str,
+    source: Literal["environment", "credential_process"],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = install_credential_trap(tmp_path, monkeypatch, source)
+    assert s3.proxy is not None
+    s3.proxy.clear()
+    target = make_target(s3, bucket, unique_prefix())
+    try:
+        published = target.publish("root.pem", b"placeholder credentials")
+        listed = target.list_objects()
+    finally:
+        target.close()
+    sent = set(s3.proxy.access_key_ids)
+    s3.proxy.clear()
+
+    assert published is True
+    assert listed == ["root.pem"]
+    assert sent == {LOOPBACK_ACCESS_KEY_ID}
+    assert TRAP_ACCESS_KEY_ID not in sent
+    assert not marker.exists()

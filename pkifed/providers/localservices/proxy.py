@@ -1,15 +1,16 @@
-"""A forwarding HTTP proxy on 127.0.0.1 that injects faults into a local service.
+"""A forwarding HTTP proxy on 127.0.0.1 in front of a local object store.
 
-Tests point a client at the proxy instead of the service. The proxy can fail
-the next N requests with an error of the test's choosing, and can serialise
+Clients talk to the proxy instead of the service. The proxy can serialise
 conditional writes (PUT, POST or DELETE with If-Match or If-None-Match) so a
-fake that checks a precondition and then writes in two unlocked steps behaves
-like a store that does both atomically.
+service that checks a precondition and then writes in two unlocked steps
+behaves like a store that does both atomically. Tests can also make it fail
+the next N requests with an error of their choosing.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from typing import Any
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 _WRITE_METHODS = {"PUT", "POST", "DELETE"}
+# The access key ID in a SigV4 Authorization header (AWS General Reference,
+# "Signature Version 4"): Credential=<access key id>/<date>/<region>/...
+_SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/\s,]+)/")
 
 
 @dataclass
@@ -59,6 +63,9 @@ class FaultProxy:
         self.upstream = upstream
         self.serialize_conditional_writes = serialize_conditional_writes
         self.requests: list[tuple[str, str]] = []
+        # Access key IDs of the SigV4-signed requests, so tests can check which
+        # credentials a client sent. The secret key never travels.
+        self.access_key_ids: list[str] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._faults: list[_Fault] = []
@@ -107,12 +114,16 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.access_key_ids.clear()
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         """Serve one request: a pending fault, or the upstream's response."""
         body = _read_body(handler)
+        access_key = sigv4_access_key_id(handler.headers.get("Authorization", ""))
         with self._lock:
             self.requests.append((handler.command, handler.path))
+            if access_key is not None:
+                self.access_key_ids.append(access_key)
             fault = next((f for f in self._faults if f.remaining > 0), None)
             if fault is not None:
                 fault.remaining -= 1
@@ -137,7 +148,8 @@ class FaultProxy:
             # Headers and body go out in separate writes; with Nagle's algorithm
             # on, the service's delayed ACK adds about 40 ms to each request.
             connection.connect()
-            assert connection.sock is not None
+            if connection.sock is None:
+                raise ConnectionError(f"cannot connect to {self.upstream}")
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # The Host header goes through unchanged because SigV4 signs it.
             headers = {
@@ -155,9 +167,15 @@ class FaultProxy:
             connection.close()
 
 
+def sigv4_access_key_id(authorization: str) -> str | None:
+    """Return the access key ID of a SigV4 Authorization header, or None."""
+    match = _SIGV4_ACCESS_KEY.search(authorization)
+    return None if match is None else match[1]
+
+
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
             if size == 0:
