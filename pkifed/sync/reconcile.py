@@ -20,12 +20,11 @@ and before anything is published.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -47,6 +46,7 @@ from pkifed.federation.certificates import (
     build_ca_certificate,
     fingerprint_sha256,
 )
+from pkifed.federation.groupcommit import GroupWriter
 from pkifed.federation.hierarchy import (
     ancestors,
     ca_profile,
@@ -190,7 +190,9 @@ class Reconciler:
         self.fence = fence
         self._desired: list[DesiredObject] | None = None
         self._phase_snapshot: Snapshot | None = None
-        self._write_lock = threading.Lock()
+        # State writes of concurrent actions share transactions, each checked
+        # by the fence first, so workers do not wait for one fsync apiece.
+        self._writer = GroupWriter(store, fence)
         self._progress_lock = threading.Lock()
 
     @property
@@ -827,13 +829,9 @@ class Reconciler:
         ]
         return [phase for phase in phases if phase]
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Session]:
-        """Open a transaction for one state write, checked by the fence first."""
-        with self._write_lock, self.store.transaction() as session:
-            if self.fence is not None:
-                self.fence(session)
-            yield session
+    def _add_record(self, record: object) -> None:
+        """Add one new row to the state store, durable when this returns."""
+        self._writer.write(lambda session: session.add(record))
 
     def _run_phase(self, phase: list[Action], failed: set[str]) -> list[ActionOutcome]:
         def run(action: Action) -> ActionOutcome:
@@ -926,7 +924,8 @@ class Reconciler:
             info = provider.find_or_create_key(label, authority.algorithm)
         public = provider.public_key(info.uri)
         now = self.clock()
-        with self._writing() as session:
+
+        def write(session: Session) -> None:
             previous = self.store.current_key(session, name)
             if previous is not None:
                 previous.retired_at = now
@@ -948,6 +947,8 @@ class Reconciler:
                     retired_at=None,
                 )
             )
+
+        self._writer.write(write)
         return f"key {info.uri} ({info.protection_level})"
 
     def _issue(self, name: str) -> str:
@@ -1010,7 +1011,7 @@ class Reconciler:
                 "Nothing was recorded or published"
             ) from None
 
-        with self._writing() as session:
+        def write(session: Session) -> None:
             previous = self.store.current_certificate(session, name)
             if previous is not None:
                 previous.superseded_at = now
@@ -1029,6 +1030,8 @@ class Reconciler:
                     superseded_at=None,
                 )
             )
+
+        self._writer.write(write)
         expiry = _iso(certificate.not_valid_after_utc)
         return f"serial {certificate.serial_number:x}, valid until {expiry}"
 
@@ -1085,21 +1088,20 @@ class Reconciler:
                     f"the cross signature made with key {old_key.uri} does not "
                     "verify with the public key recorded for it; nothing was recorded"
                 ) from None
-            with self._writing() as session:
-                session.add(
-                    CertificateRecord(
-                        authority=cross_label(name),
-                        serial=format(certificate.serial_number, "x"),
-                        key_id=current_key.id,
-                        issuer_serial=previous.record.serial,
-                        der=certificate.public_bytes(serialization.Encoding.DER),
-                        fingerprint_sha256=fingerprint_sha256(certificate),
-                        not_before=certificate.not_valid_before_utc,
-                        not_after=certificate.not_valid_after_utc,
-                        issued_at=now,
-                        superseded_at=None,
-                    )
-                )
+
+            record = CertificateRecord(
+                authority=cross_label(name),
+                serial=format(certificate.serial_number, "x"),
+                key_id=current_key.id,
+                issuer_serial=previous.record.serial,
+                der=certificate.public_bytes(serialization.Encoding.DER),
+                fingerprint_sha256=fingerprint_sha256(certificate),
+                not_before=certificate.not_valid_before_utc,
+                not_after=certificate.not_valid_after_utc,
+                issued_at=now,
+                superseded_at=None,
+            )
+            self._add_record(record)
             issued_serials.append(format(certificate.serial_number, "x"))
         if not issued_serials:
             return "no cross certificate needed"
@@ -1137,7 +1139,7 @@ class Reconciler:
             revoked=[crl.revoked_entry(entry) for entry in inputs.entries],
         )
 
-        with self._writing() as session:
+        def write(session: Session) -> None:
             session.add(
                 CrlRecord(
                     issuer=name,
@@ -1150,6 +1152,8 @@ class Reconciler:
                     signed_at=now,
                 )
             )
+
+        self._writer.write(write)
         return (
             f"CRL number {number}, {_plural(len(inputs.entries), 'entry', 'entries')}, "
             "next update "
@@ -1208,7 +1212,8 @@ class Reconciler:
                 location,
                 reason,
             )
-        with self._writing() as session:
+
+        def write(session: Session) -> None:
             record = self.store.publication(session, target_name, object_name)
             if record is None:
                 record = PublicationRecord(target=target_name, object_name=object_name)
@@ -1225,6 +1230,8 @@ class Reconciler:
                     outcome="repaired",
                     message=reason,
                 )
+
+        self._writer.write(write)
         return f"{location} sha256 {digest[:16]}"
 
     def _retire(self, target_name: str, object_name: str) -> str:
@@ -1232,10 +1239,13 @@ class Reconciler:
         stored = target.read(object_name)
         if stored is not None:
             target.delete(object_name, stored.version)
-        with self._writing() as session:
+
+        def write(session: Session) -> None:
             record = self.store.publication(session, target_name, object_name)
             if record is not None:
                 session.delete(record)
+
+        self._writer.write(write)
         return f"removed {target.location(object_name)}"
 
     def _record_blocked(self, plan: Plan) -> None:
@@ -1243,7 +1253,8 @@ class Reconciler:
             return
         now = self.clock()
         try:
-            with self._writing() as session:
+
+            def write(session: Session) -> None:
                 for problem in plan.problems:
                     self.store.record_status(
                         session,
@@ -1252,6 +1263,8 @@ class Reconciler:
                         problem.message,
                         at=now,
                     )
+
+            self._writer.write(write)
         except StateError as error:
             logger.error("recording the status of blocked objects failed: %s", error)
 
@@ -1259,7 +1272,8 @@ class Reconciler:
         message = outcome.message or outcome.action.reason
         now = self.clock()
         try:
-            with self._writing() as session:
+
+            def write(session: Session) -> None:
                 self.store.record_event(
                     session,
                     at=now,
@@ -1275,6 +1289,8 @@ class Reconciler:
                     message,
                     at=now,
                 )
+
+            self._writer.write(write)
         except StateError as error:
             logger.error(
                 "%s: recording the event failed: %s", outcome.action.object, error
