@@ -57,7 +57,7 @@ MANIFEST_FILES = sorted(
 )
 
 
-# --- reading the files -------------------------------------------------------------
+# --- reading the files ----------------------------------------------------------------
 
 
 def read_documents(path: Path) -> list[dict[str, Any]]:
@@ -140,7 +140,7 @@ def parse_pkifed_command(arguments: list[str]) -> tuple[str, dict[str, Any]]:
             return name, dict(subcontext.params)
 
 
-# --- .dockerignore -----------------------------------------------------------------
+# --- .dockerignore --------------------------------------------------------------------
 
 
 def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
@@ -212,7 +212,7 @@ def test_dockerignore_matcher_semantics() -> None:
     assert ignored_by_docker("pkifed/sync/__pycache__/cli.cpython-312.pyc", rules)
 
 
-# --- Dockerfile ----------------------------------------------------------------------
+# --- Dockerfile -----------------------------------------------------------------------
 
 
 def dockerfile() -> DockerfileParser:
@@ -368,7 +368,7 @@ def test_dockerfile_bakes_in_no_secret() -> None:
     assert not [name for name in names if secret_words.search(name)]
 
 
-# --- manifests -------------------------------------------------------------------
+# --- manifests ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -444,7 +444,7 @@ def test_deployment_args_variables_defined() -> None:
     referenced = set(re.findall(r"\$\((\w+)\)", " ".join(spec["args"])))
 
     assert referenced
-    # Kubernetes passes an undefined $(NAME) on literally instead of failing.
+    # Kubernetes leaves an undefined $(NAME) in the argument as it is.
     assert referenced <= defined
     field = env_var(spec, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"]
     assert field == "metadata.name"
@@ -610,7 +610,7 @@ def test_federation_file_valid(tmp_path: Path) -> None:
     assert "file" not in target_types
 
 
-# --- against PostgreSQL ------------------------------------------------------------
+# --- against PostgreSQL ---------------------------------------------------------------
 
 
 def local_state_url(schema_url: str | None = None) -> str:
