@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,21 @@ class Readiness:
     details: dict[str, Any]
 
 
+class _Ipv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _server_class(host: str) -> type[ThreadingHTTPServer]:
+    """Return the server class whose socket family fits ``host``.
+
+    ThreadingHTTPServer always opens an IPv4 socket, so an IPv6 address such as
+    ``::1`` needs a subclass with the IPv6 family.
+    """
+    if ":" in host:
+        return _Ipv6Server
+    return ThreadingHTTPServer
+
+
 class HealthServer:
     """Serves the endpoints on a daemon thread."""
 
@@ -47,7 +63,7 @@ class HealthServer:
         self._readiness = readiness
         self._metrics = metrics
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler(self))
+            self._server = _server_class(host)((host, port), _handler(self))
         except OSError as error:
             raise PermanentError(
                 f"http: cannot listen on {host}:{port}: {error.strerror}; choose "

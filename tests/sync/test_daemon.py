@@ -465,3 +465,31 @@ def test_listen_address_in_use() -> None:
 
         with pytest.raises(PermanentError, match=f"cannot listen on 127.0.0.1:{port}"):
             HealthServer("127.0.0.1", port, lambda: None, lambda: b"")  # type: ignore[arg-type,return-value]
+
+
+def test_health_server_on_ipv6_loopback() -> None:
+    import socket
+    import urllib.request
+
+    from pkifed.sync.http import HealthServer, Readiness
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        pytest.skip(f"this machine has no IPv6 loopback: {error}")
+    server = HealthServer(
+        "::1",
+        0,
+        lambda: Readiness(True, "ready", {}),
+        lambda: b"pkifed_up 1\n",
+    )
+    server.start()
+    try:
+        host, port = server.address
+        assert host == "::1"
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as reply:
+            body = reply.read()
+    finally:
+        server.stop()
+    assert body == b"pkifed_up 1\n"
