@@ -76,6 +76,8 @@ field's description in its model, not here, and then run:
 - A secret reference is `${{env:NAME}}` (an environment variable) or
   `${{file:PATH}}` (a file, relative to the configuration file). Secrets
   themselves are never accepted in the file.
+- The other settings of providers and targets may be written as such a
+  reference too. The loader replaces it with the value before checking it.
 - Unknown fields are rejected everywhere.
 """
 
