@@ -567,6 +567,62 @@ def audit_export(config_path: Path, output: Path | None) -> None:
     click.echo(f"Wrote {_count(count, 'entry', 'entries')} to {output}")
 
 
+@cli.group()
+def dev() -> None:
+    """Run local stand-ins of AWS, Google Cloud and Azure, for trying pkifed offline."""
+
+
+@dev.command("up")
+@CONFIG_OPTION
+def dev_up(config_path: Path) -> None:
+    """Start the local services in the background and write their endpoint files.
+
+    The services listen on 127.0.0.1 only. Their endpoints, the Key Vault's CA
+    bundle and token, and the Azurite account key go to .pkifed/dev beside the
+    federation file, which can refer to them as ${file:...}. Buckets and
+    containers that the file's targets name are created. Does nothing when the
+    services are running already.
+    """
+    from pkifed.sync import dev as local_services
+
+    local_services.up(config_path, click.echo)
+
+
+@dev.command("down")
+@CONFIG_OPTION
+def dev_down(config_path: Path) -> None:
+    """Stop the local services and remove .pkifed/dev beside the federation file.
+
+    The services keep keys and objects in memory, so they are gone afterwards,
+    with everything else in .pkifed/dev.
+    """
+    from pkifed.sync import dev as local_services
+
+    local_services.down(config_path, click.echo)
+
+
+@dev.command("status")
+@CONFIG_OPTION
+def dev_status(config_path: Path) -> None:
+    """Show whether the local services run and whether each one responds.
+
+    Exit status: 0 when every service responds, 1 when one does not, 3 when
+    the services are not running.
+    """
+    from pkifed.sync import dev as local_services
+
+    sys.exit(local_services.status(config_path, click.echo))
+
+
+@dev.command("serve", hidden=True)
+@CONFIG_OPTION
+def dev_serve(config_path: Path) -> None:
+    """Run the local services in the foreground until SIGTERM or SIGINT."""
+    from pkifed.sync import dev as local_services
+
+    sys.exit(local_services.serve(config_path))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the command line, turning pkifed's errors into one line and exit status 1."""
     from pkifed.secrets import redact

@@ -2,7 +2,8 @@
 
 Azurite, Microsoft's Azure Storage emulator, is an npm package. From a checkout,
 ``scripts/setup.sh`` with ``PKIFED_EXTRAS=dev`` or ``test`` installs it into
-``.cache/azurite``; an ``azurite-blob`` on PATH works too. It runs as a child
+``.cache/azurite``. An ``azurite-blob`` on PATH works too, and the environment
+variable ``PKIFED_AZURITE`` can name another one. It runs as a child
 process on 127.0.0.1 and a port the operating system picks, which is read from
 Azurite's startup line.
 
@@ -58,8 +59,13 @@ _LISTENING = re.compile(rb"successfully listens on http://127\.0\.0\.1:(\d+)")
 def azurite_command() -> str | None:
     """Return the azurite-blob executable, or None when it or Node.js is missing.
 
-    The checkout's ``.cache/azurite`` comes first, then PATH.
+    ``PKIFED_AZURITE``, when set, names the executable and is used as it is.
+    Otherwise Node.js must be on PATH, and the checkout's ``.cache/azurite``
+    comes first, then PATH.
     """
+    override = os.environ.get("PKIFED_AZURITE")
+    if override:
+        return override
     if shutil.which("node") is None:
         return None
     candidate = _CHECKOUT / ".cache" / "azurite" / "node_modules" / ".bin"

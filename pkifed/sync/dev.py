@@ -1,0 +1,693 @@
+"""``pkifed dev``: local stand-ins of every cloud service, in one background process.
+
+``pkifed dev up`` starts ``pkifed dev serve`` as a detached process in a session
+of its own. That process runs six services, each on 127.0.0.1 and a port the
+operating system picks. They are moto's KMS behind the correcting proxy
+(aws-kms), moto's S3 (s3), the Cloud KMS fake (gcp-kms), the Cloud Storage fake
+(gcs), the Key Vault fake over TLS (azure-keyvault) and Azurite (azure-blob).
+The process writes what a federation file needs to reach them into
+``.pkifed/dev`` beside the file, so the file can refer to each value as
+``${file:...}``:
+
+* ``endpoints/<service>``: each service's URL on one line;
+* ``keyvault-tls/ca.pem``: the CA that signed the Key Vault's TLS certificate,
+  whose absolute path is in ``endpoints/azure-keyvault-ca-bundle``;
+* ``keyvault-token``: the bearer token the Key Vault accepts (a secret);
+* ``azurite-account-key``: the key of the Azurite account (a secret);
+* ``services.pid`` and ``services.log``: the process's id and its log.
+
+It also creates every S3 and Cloud Storage bucket and every Azure Blob
+container that the file's targets name. The stand-ins keep keys and objects in
+memory, so ``pkifed dev down`` discards them, and with them everything in
+``.pkifed/dev``, including a state store kept there.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import http.client
+import importlib.util
+import logging
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from pkifed.providers.localservices import DEV_EXTRA_HINT, LocalServiceError
+from pkifed.providers.localservices.azurite import INSTALL_HINT, azurite_command
+
+logger = logging.getLogger(__name__)
+
+# Every service, in the order the background process starts them.
+SERVICES = ("aws-kms", "s3", "gcp-kms", "gcs", "azure-keyvault", "azure-blob")
+
+# The target type and setting that name a bucket or container for each service.
+BUCKET_SETTINGS = {"s3": "bucket", "gcs": "bucket", "azure-blob": "container"}
+
+# The Azurite account that pkifed dev serves, in place of the development one.
+AZURITE_ACCOUNT = "pkifeddev"
+
+# How long dev up waits for every service to respond, and dev down for the
+# process to exit after SIGTERM, in seconds. Azurite is the slowest to start:
+# 1 to 4 s in a few runs on a busy 2-core machine.
+STARTUP_TIMEOUT = 120.0
+SHUTDOWN_TIMEOUT = 20.0
+
+# Exit status of dev status when no services are running (the LSB convention).
+NOT_RUNNING_EXIT = 3
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DevPaths:
+    """The files of one federation file's local services, in ``.pkifed/dev``."""
+
+    config: Path
+    root: Path
+
+    @classmethod
+    def beside(cls, config: Path) -> DevPaths:
+        """Return the paths for the federation file ``config``."""
+        resolved = config.resolve()
+        return cls(resolved, resolved.parent / ".pkifed" / "dev")
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "services.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "services.log"
+
+    @property
+    def endpoints(self) -> Path:
+        return self.root / "endpoints"
+
+    @property
+    def startup_error(self) -> Path:
+        return self.root / "startup-error"
+
+    @property
+    def keyvault_tls(self) -> Path:
+        return self.root / "keyvault-tls"
+
+    @property
+    def keyvault_ca(self) -> Path:
+        return self.keyvault_tls / "ca.pem"
+
+    @property
+    def keyvault_ca_path(self) -> Path:
+        """The file that contains the absolute path of :attr:`keyvault_ca`."""
+        return self.endpoints / "azure-keyvault-ca-bundle"
+
+    @property
+    def keyvault_token(self) -> Path:
+        return self.root / "keyvault-token"
+
+    @property
+    def azurite_key(self) -> Path:
+        return self.root / "azurite-account-key"
+
+    @property
+    def azurite_data(self) -> Path:
+        return self.root / "azurite"
+
+    def endpoint(self, service: str) -> Path:
+        """Return the file that contains ``service``'s URL."""
+        return self.endpoints / service
+
+
+# --- the federation file's buckets ----------------------------------------------------
+
+
+def bucket_names(config: Path) -> dict[str, list[str]]:
+    """Return the buckets and containers that ``config``'s targets name, by service.
+
+    Only literal names count. A name written as a reference is left out, and
+    its bucket must be created by hand.
+
+    Raises:
+        LocalServiceError: the file cannot be read or is not a YAML mapping.
+    """
+    try:
+        document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise LocalServiceError(f"{config}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise LocalServiceError(f"{config}: invalid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise LocalServiceError(f"{config}: the file must contain a mapping")
+    targets = document.get("targets") or {}
+    names: dict[str, list[str]] = {service: [] for service in BUCKET_SETTINGS}
+    if not isinstance(targets, dict):
+        return names
+    for settings in targets.values():
+        if not isinstance(settings, dict):
+            continue
+        service = settings.get("type")
+        setting = BUCKET_SETTINGS.get(str(service))
+        value = settings.get(setting) if setting else None
+        literal = isinstance(value, str) and not value.strip().startswith("${")
+        if literal and value not in names[str(service)]:
+            names[str(service)].append(str(value))
+    return names
+
+
+# --- the background process -----------------------------------------------------------
+
+
+def serve(config: Path) -> int:
+    """Run every local service until SIGTERM or SIGINT; return the exit status.
+
+    A service that fails to start stops the ones started before it, and its
+    error goes to the startup-error file for ``dev up`` to show.
+    """
+    paths = DevPaths.beside(config)
+    _configure_service_log()
+    stopping = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, frame: stopping.set())
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                _start_all(paths, bucket_names(paths.config), stack)
+            except Exception as error:
+                # Any failure, whatever its type, must stop the services that
+                # did start, and dev up shows the message.
+                logger.exception("local services: startup failed")
+                _write_text(paths.startup_error, f"{error}\n")
+                return 1
+            logger.info("local services: all running as process %d", os.getpid())
+            while not stopping.wait(1.0):
+                pass
+            logger.info("local services: stopping on request")
+        logger.info("local services: stopped")
+        return 0
+    finally:
+        shutil.rmtree(paths.endpoints, ignore_errors=True)
+        if read_pid(paths) == os.getpid():
+            paths.pid_file.unlink(missing_ok=True)
+
+
+def _configure_service_log() -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    # moto's server logs every request at INFO.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+class _Starter:
+    """Starts services one by one, naming the one that fails."""
+
+    def __init__(self, paths: DevPaths, stack: contextlib.ExitStack) -> None:
+        self.paths = paths
+        self.stack = stack
+
+    @contextlib.contextmanager
+    def service(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except LocalServiceError as error:
+            raise LocalServiceError(f"{name}: {error}") from error
+        except ImportError as error:
+            raise LocalServiceError(
+                f"{name}: a dependency failed to import ({error}); {DEV_EXTRA_HINT}"
+            ) from error
+        except Exception as error:
+            raise LocalServiceError(
+                f"{name} failed to start: {type(error).__name__}: {error}"
+            ) from error
+
+    def publish(self, name: str, url: str) -> None:
+        """Write ``name``'s endpoint file, the sign for dev up that it is running."""
+        _write_text(self.paths.endpoint(name), f"{url}\n")
+        logger.info("local services: %s listening on %s", name, url)
+
+
+def _start_all(
+    paths: DevPaths, buckets: dict[str, list[str]], stack: contextlib.ExitStack
+) -> None:
+    starter = _Starter(paths, stack)
+    _start_aws(starter, buckets)
+    _start_gcp(starter, buckets)
+    _start_azure(starter, buckets)
+
+
+def _start_aws(starter: _Starter, buckets: dict[str, list[str]]) -> None:
+    from pkifed.providers.localservices.aws import MotoKms, MotoS3
+
+    with starter.service("aws-kms"):
+        kms = MotoKms()
+        kms.start()
+        starter.stack.callback(kms.stop)
+        starter.publish("aws-kms", kms.endpoint_url)
+    with starter.service("s3"):
+        s3 = MotoS3()
+        s3.start()
+        starter.stack.callback(s3.stop)
+        for bucket in buckets["s3"]:
+            s3.create_bucket(name=bucket)
+        starter.publish("s3", s3.endpoint_url)
+
+
+def _start_gcp(starter: _Starter, buckets: dict[str, list[str]]) -> None:
+    from pkifed.providers.localservices.gcp_kms import FakeCloudKms
+    from pkifed.providers.localservices.gcs import GenerationStore
+
+    with starter.service("gcp-kms"):
+        cloud_kms = FakeCloudKms().start()
+        starter.stack.callback(cloud_kms.stop)
+        starter.publish("gcp-kms", cloud_kms.endpoint)
+    with starter.service("gcs"):
+        # 1,000 is the JSON API's maximum page size for object listings.
+        storage = GenerationStore(page_size=1000)
+        storage.start()
+        starter.stack.callback(storage.stop)
+        for bucket in buckets["gcs"]:
+            storage.create_bucket(name=bucket)
+        starter.publish("gcs", storage.endpoint)
+
+
+def _start_azure(starter: _Starter, buckets: dict[str, list[str]]) -> None:
+    from pkifed.providers.localservices.azure_keyvault import (
+        AzureKeyVaultFake,
+        generate_loopback_tls,
+    )
+    from pkifed.providers.localservices.azurite import Azurite
+
+    paths = starter.paths
+    with starter.service("azure-keyvault"):
+        paths.keyvault_tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tls = generate_loopback_tls(paths.keyvault_tls, validity_days=365)
+        # The azure-keyvault provider reads a relative ca_bundle against the
+        # working directory, so the federation file gets the absolute path.
+        _write_text(paths.keyvault_ca_path, f"{tls.ca_bundle}\n")
+        token = secrets.token_urlsafe(32)
+        _write_secret(paths.keyvault_token, token)
+        vault = AzureKeyVaultFake(tls=tls, expected_token=token).start()
+        starter.stack.callback(vault.stop)
+        starter.publish("azure-keyvault", vault.url)
+    with starter.service("azure-blob"):
+        # Azure account keys are 64 random bytes, base64-encoded.
+        key = base64.b64encode(secrets.token_bytes(64)).decode("ascii")
+        _write_secret(paths.azurite_key, key)
+        azurite = Azurite(
+            account_name=AZURITE_ACCOUNT, account_key=key, location=paths.azurite_data
+        )
+        azurite.start()
+        starter.stack.callback(azurite.stop)
+        for container in buckets["azure-blob"]:
+            azurite.create_container(name=container)
+        starter.publish("azure-blob", azurite.account_url)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, so a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Write a secret readable by this user only."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+        stream.write(f"{value}\n")
+
+
+# --- the process, seen from outside ---------------------------------------------------
+
+
+def read_pid(paths: DevPaths) -> int | None:
+    """Return the process id in the pid file, or None when there is none."""
+    try:
+        text = paths.pid_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _serve_command(paths: DevPaths) -> list[str]:
+    return [sys.executable, "-m", "pkifed", "dev", "serve", "-c", str(paths.config)]
+
+
+def is_running(pid: int, paths: DevPaths) -> bool:
+    """Return whether ``pid`` is alive and is the dev process of ``paths``.
+
+    A zombie counts as gone. Where ``/proc`` exists, the command line must be
+    this federation file's ``dev serve``, so a reused process id is not taken
+    for it.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    proc = Path("/proc") / str(pid)
+    if not Path("/proc/self").exists():
+        return True
+    try:
+        status = (proc / "stat").read_text().rpartition(")")[2].split()
+        arguments = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if status and status[0] in ("Z", "X"):
+        return False
+    # The interpreter's path may differ through symbolic links, so only the
+    # arguments after it are compared.
+    expected = [part.encode() for part in _serve_command(paths)[1:]]
+    return arguments[1 : 1 + len(expected)] == expected
+
+
+def _wait_until_gone(pid: int, paths: DevPaths, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(pid, paths):
+            return True
+        time.sleep(0.05)
+    return not is_running(pid, paths)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill the dev process and its children, such as Azurite."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+def read_endpoints(paths: DevPaths) -> dict[str, str]:
+    """Return the URL of each service whose endpoint file exists."""
+    endpoints = {}
+    for service in SERVICES:
+        with contextlib.suppress(FileNotFoundError):
+            endpoints[service] = paths.endpoint(service).read_text("utf-8").strip()
+    return endpoints
+
+
+def probe(url: str, ca_file: Path | None = None, timeout: float = 2.0) -> str | None:
+    """Send one GET to ``url``; return None if any HTTP response came, else why not."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = ssl.create_default_context(
+            cafile=None if ca_file is None else str(ca_file)
+        )
+        connection = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/")
+        connection.getresponse().read()
+    except (OSError, http.client.HTTPException) as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        connection.close()
+    return None
+
+
+def _probe_service(paths: DevPaths, service: str, url: str) -> str | None:
+    ca_file = paths.keyvault_ca if service == "azure-keyvault" else None
+    return probe(url, ca_file)
+
+
+def _shown(path: Path) -> str:
+    """Return ``path`` relative to the working directory when it is below it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+# --- dev up ---------------------------------------------------------------------------
+
+
+def up(config: Path, echo: Echo) -> None:
+    """Start the local services for ``config`` unless they are running already.
+
+    Raises:
+        LocalServiceError: a dependency is missing, or a service failed to
+            start or to respond within STARTUP_TIMEOUT. Nothing is left running.
+    """
+    paths = DevPaths.beside(config)
+    if not paths.config.is_file():
+        raise LocalServiceError(f"{config}: file not found")
+    pid = read_pid(paths)
+    if pid is not None and is_running(pid, paths):
+        _echo_already_running(paths, pid, echo)
+        return
+    _check_dependencies()
+    buckets = bucket_names(paths.config)
+    if pid is not None:
+        echo(f"The pid file names process {pid}, which is no longer running.")
+    removed = remove_directory(paths)
+    if removed:
+        echo(f"Removed what an earlier run left in {_shown(paths.root)}: {removed}")
+    echo(
+        f"Starting local services for {_shown(paths.config)} "
+        f"(log: {_shown(paths.log_file)})"
+    )
+    process = _spawn(paths)
+    try:
+        _wait_for_services(paths, process, buckets, echo)
+    except BaseException:
+        _stop_failed_start(paths, process)
+        raise
+    echo(
+        f"Local services running as process {process.pid}; endpoint files are in "
+        f"{_shown(paths.endpoints)}."
+    )
+    echo(f"Stop them with: pkifed dev down -c {_shown(paths.config)}")
+
+
+def _echo_already_running(paths: DevPaths, pid: int, echo: Echo) -> None:
+    echo(f"Local services for {_shown(paths.config)} are already running (pid {pid}):")
+    for service, url in read_endpoints(paths).items():
+        echo(f"  {service:<15} {url}")
+    echo(
+        "Buckets and containers are created when the services start; after "
+        "adding targets, restart them with pkifed dev down and pkifed dev up."
+    )
+
+
+def _check_dependencies() -> None:
+    missing = [
+        name
+        for name in ("moto", "boto3", "azure.storage.blob")
+        if _find_module(name) is None
+    ]
+    if missing:
+        raise LocalServiceError(
+            f"pkifed dev needs {', '.join(missing)}, which is not installed; "
+            f"{DEV_EXTRA_HINT}"
+        )
+    if azurite_command() is None:
+        raise LocalServiceError(
+            f"pkifed dev needs Azurite for azure-blob, but Node.js or Azurite is "
+            f"missing; {INSTALL_HINT}"
+        )
+
+
+def _find_module(name: str) -> Any:
+    try:
+        return importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+
+
+def _spawn(paths: DevPaths) -> subprocess.Popen[bytes]:
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.root.chmod(0o700)
+    environment = dict(os.environ)
+    # The process's own AWS clients use explicit placeholder credentials and
+    # a loopback endpoint. This keeps any other boto3 code off the metadata
+    # service.
+    environment["AWS_EC2_METADATA_DISABLED"] = "true"
+    environment["PYTHONUNBUFFERED"] = "1"
+    with open(paths.log_file, "ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter and pkifed.
+            _serve_command(paths),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=paths.root,
+            env=environment,
+            start_new_session=True,
+        )
+    _write_text(paths.pid_file, f"{process.pid}\n")
+    return process
+
+
+def _wait_for_services(
+    paths: DevPaths,
+    process: subprocess.Popen[bytes],
+    buckets: dict[str, list[str]],
+    echo: Echo,
+) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    for service in SERVICES:
+        url = _wait_for_endpoint(paths, process, service, deadline)
+        problem = _probe_service(paths, service, url)
+        while problem is not None and time.monotonic() < deadline:
+            # A later service may fail meanwhile, and its failure stops this one.
+            if process.poll() is not None:
+                raise LocalServiceError(_startup_failure(paths, process.returncode))
+            time.sleep(0.05)
+            problem = _probe_service(paths, service, url)
+        if problem is not None:
+            raise LocalServiceError(
+                f"local service {service} at {url} did not respond within "
+                f"{STARTUP_TIMEOUT:.0f} s: {problem}; see {_shown(paths.log_file)}"
+            )
+        created = buckets.get(service, [])
+        kind = "container" if service == "azure-blob" else "bucket"
+        suffix = f"  ({kind} {', '.join(created)})" if created else ""
+        echo(f"  {service:<15} {url}{suffix}")
+
+
+def _wait_for_endpoint(
+    paths: DevPaths, process: subprocess.Popen[bytes], service: str, deadline: float
+) -> str:
+    endpoint = paths.endpoint(service)
+    while not endpoint.exists():
+        if process.poll() is not None:
+            raise LocalServiceError(_startup_failure(paths, process.returncode))
+        if time.monotonic() > deadline:
+            raise LocalServiceError(
+                f"local service {service} did not start within "
+                f"{STARTUP_TIMEOUT:.0f} s; see {_shown(paths.log_file)}"
+            )
+        time.sleep(0.05)
+    return endpoint.read_text(encoding="utf-8").strip()
+
+
+def _startup_failure(paths: DevPaths, status: int | None) -> str:
+    try:
+        reason = paths.startup_error.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        reason = f"the process exited with status {status}"
+    return (
+        f"local services failed to start: {reason}. The services that had started "
+        f"were stopped; see {_shown(paths.log_file)}"
+    )
+
+
+def _stop_failed_start(paths: DevPaths, process: subprocess.Popen[bytes]) -> None:
+    """Stop a start that failed or was interrupted, leaving nothing running."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.wait()
+    shutil.rmtree(paths.endpoints, ignore_errors=True)
+    paths.pid_file.unlink(missing_ok=True)
+
+
+# --- dev down and dev status ----------------------------------------------------------
+
+
+def down(config: Path, echo: Echo) -> None:
+    """Stop the local services for ``config`` and remove ``.pkifed/dev``.
+
+    Raises:
+        LocalServiceError: the process did not exit, even after SIGKILL.
+    """
+    paths = DevPaths.beside(config)
+    pid = read_pid(paths)
+    if pid is not None and is_running(pid, paths):
+        echo(f"Stopping local services (process {pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not _wait_until_gone(pid, paths, SHUTDOWN_TIMEOUT):
+            echo(f"Process {pid} did not exit within {SHUTDOWN_TIMEOUT:.0f} s; killing")
+            _kill_group(pid)
+            if not _wait_until_gone(pid, paths, 5.0):
+                raise LocalServiceError(f"process {pid} did not exit after SIGKILL")
+        echo(f"Stopped process {pid}.")
+    elif pid is not None:
+        echo(f"No local services are running: process {pid} is gone.")
+    else:
+        echo(f"No local services are running for {_shown(paths.config)}.")
+    removed = remove_directory(paths)
+    if removed:
+        echo(f"Removed {_shown(paths.root)}: {removed}")
+    else:
+        echo("Nothing to remove.")
+
+
+def remove_directory(paths: DevPaths) -> str:
+    """Remove ``.pkifed/dev`` and return what it contained, or "" if nothing.
+
+    A symbolic link in its place is removed, never what it points to.
+    """
+    root = paths.root
+    if root.is_symlink():
+        root.unlink()
+        return "a symbolic link"
+    if not root.is_dir():
+        return ""
+    entries = sorted(
+        f"{entry.name}/" if entry.is_dir() else entry.name for entry in root.iterdir()
+    )
+    shutil.rmtree(root)
+    return ", ".join(entries)
+
+
+def status(config: Path, echo: Echo) -> int:
+    """Describe the local services for ``config``; return the exit status.
+
+    The status is 0 when every service responds, 1 when one does not, and
+    NOT_RUNNING_EXIT when the services are not running.
+    """
+    paths = DevPaths.beside(config)
+    pid = read_pid(paths)
+    if pid is None or not is_running(pid, paths):
+        note = "" if pid is None else f" (the pid file names process {pid}, now gone)"
+        echo(f"Local services for {_shown(paths.config)}: not running{note}.")
+        return NOT_RUNNING_EXIT
+    started = datetime.datetime.fromtimestamp(
+        paths.pid_file.stat().st_mtime, datetime.UTC
+    )
+    echo(
+        f"Local services for {_shown(paths.config)}: running as process {pid} since "
+        f"{started.strftime('%Y-%m-%dT%H:%M:%SZ')} (log: {_shown(paths.log_file)})"
+    )
+    endpoints = read_endpoints(paths)
+    silent = 0
+    for service in SERVICES:
+        url = endpoints.get(service)
+        if url is None:
+            echo(f"  {service:<15} not started")
+            silent += 1
+            continue
+        problem = _probe_service(paths, service, url)
+        silent += problem is not None
+        echo(f"  {service:<15} {url}  {'responds' if problem is None else problem}")
+    return 1 if silent else 0
