@@ -115,9 +115,9 @@ def client_environment(*extra: str) -> dict[str, str | None]:
     """Return variables that give boto3 the stand-in's credentials and nothing else.
 
     A value of None means the variable must be unset. The shared config files
-    point at the null device so a developer's profile cannot leak in, and the
-    instance metadata service is never asked. ``extra`` names more variables
-    to unset, such as ``AWS_ENDPOINT_URL_KMS``.
+    point at the null device so a developer's profile cannot leak in, and
+    AWS_EC2_METADATA_DISABLED keeps boto3 off the instance metadata service.
+    ``extra`` names more variables to unset, such as ``AWS_ENDPOINT_URL_KMS``.
     """
     environment: dict[str, str | None] = {
         "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
@@ -147,7 +147,7 @@ class _ProxyServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Tests that time out or drop connections close the client before the
-        # response is written, which is expected and not a harness fault.
+        # response is written, which is expected and not a fault of the stand-in.
         error = sys.exc_info()[1]
         if isinstance(error, BrokenPipeError | ConnectionResetError):
             return
@@ -521,7 +521,7 @@ class MotoS3:
 
 
 def key_id_of(uri: str) -> str:
-    """The key ID or ARN in an ``awskms:key-id=...`` URI, or ``uri`` itself."""
+    """Return the key ID or ARN in an ``awskms:key-id=...`` URI, or ``uri`` itself."""
     for part in uri.removeprefix("awskms:").split(";"):
         name, _, value = part.partition("=")
         if name == "key-id":
