@@ -149,7 +149,10 @@ def bucket_names(config: Path) -> dict[str, list[str]]:
     except OSError as error:
         raise LocalServiceError(f"{config}: cannot read: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise LocalServiceError(f"{config}: invalid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or error
+        raise LocalServiceError(f"{config}: invalid YAML: {where}{problem}") from None
     if not isinstance(document, dict):
         raise LocalServiceError(f"{config}: the file must contain a mapping")
     targets = document.get("targets") or {}

@@ -527,6 +527,25 @@ def test_down_when_nothing_runs(federation: Federation) -> None:
     assert "Nothing to remove." in result.stdout
 
 
+def test_up_invalid_yaml_names_line(tmp_path: Path) -> None:
+    if azurite_command() is None:
+        pytest.skip("pkifed dev needs Azurite, which needs Node.js and npm")
+    (tmp_path / "broken.yaml").write_text("targets: [\n", encoding="utf-8")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pkifed", "dev", "up", "-c", "broken.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert result.returncode == 1, output_of(result)
+    assert "broken.yaml: invalid YAML: line 2, column 1" in result.stderr
+    assert not (tmp_path / ".pkifed").exists()
+
+
 def _serve_processes(federation: Federation) -> list[int]:
     """Return the ids of live dev processes of this federation file."""
     marker = str(federation.config).encode()
