@@ -355,33 +355,56 @@ def _serve_command(paths: DevPaths) -> list[str]:
     return [sys.executable, "-m", "pkifed", "dev", "serve", "-c", str(paths.config)]
 
 
-def is_running(pid: int, paths: DevPaths) -> bool:
-    """Return whether ``pid`` is alive and is the dev process of ``paths``.
+def serving_config(pid: int, paths: DevPaths) -> Path | None:
+    """Return the federation file whose dev process ``pid`` is, or None if gone.
 
-    A zombie counts as gone. Where ``/proc`` exists, the command line must be
-    this federation file's ``dev serve``, so a reused process id is not taken
-    for it.
+    A zombie counts as gone, and so does a live process that is not a
+    ``pkifed dev serve``, because its id was reused. Without ``/proc`` the
+    process's command line cannot be read, and a live ``pid`` is taken to be
+    the dev process of ``paths``.
     """
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
+    except (ProcessLookupError, PermissionError):
+        return None
     proc = Path("/proc") / str(pid)
     if not Path("/proc/self").exists():
-        return True
+        return paths.config
     try:
         status = (proc / "stat").read_text().rpartition(")")[2].split()
-        arguments = (proc / "cmdline").read_bytes().split(b"\0")
+        arguments = (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
-        return False
+        return None
     if status and status[0] in ("Z", "X"):
-        return False
+        return None
     # The interpreter's path may differ through symbolic links, so only the
     # arguments after it are compared.
-    expected = [part.encode() for part in _serve_command(paths)[1:]]
-    return arguments[1 : 1 + len(expected)] == expected
+    parts = arguments.split("\0")[1:]
+    command = _serve_command(paths)[1:-1]
+    if parts[: len(command)] != command or len(parts) <= len(command):
+        return None
+    return Path(parts[len(command)])
+
+
+def is_running(pid: int, paths: DevPaths) -> bool:
+    """Return whether ``pid`` is alive and is the dev process of ``paths``."""
+    return serving_config(pid, paths) == paths.config
+
+
+def _check_owner(pid: int | None, paths: DevPaths) -> None:
+    """Raise if ``.pkifed/dev`` belongs to the dev process of another file.
+
+    Two federation files in one directory share ``.pkifed/dev``, so the
+    services of one must be stopped before the other's start or stop.
+    """
+    if pid is None:
+        return
+    owner = serving_config(pid, paths)
+    if owner is not None and owner != paths.config:
+        raise LocalServiceError(
+            f"{_shown(paths.root)} belongs to the local services of {_shown(owner)} "
+            f"(process {pid}); stop them first with pkifed dev down -c {_shown(owner)}"
+        )
 
 
 def _wait_until_gone(pid: int, paths: DevPaths, timeout: float) -> bool:
@@ -464,6 +487,7 @@ def up(config: Path, echo: Echo) -> None:
     if pid is not None and is_running(pid, paths):
         _echo_already_running(paths, pid, echo)
         return
+    _check_owner(pid, paths)
     _check_dependencies()
     buckets = bucket_names(paths.config)
     if pid is not None:
@@ -620,10 +644,12 @@ def down(config: Path, echo: Echo) -> None:
     """Stop the local services for ``config`` and remove ``.pkifed/dev``.
 
     Raises:
-        LocalServiceError: the process did not exit, even after SIGKILL.
+        LocalServiceError: the process did not exit, even after SIGKILL, or
+            ``.pkifed/dev`` belongs to the running services of another file.
     """
     paths = DevPaths.beside(config)
     pid = read_pid(paths)
+    _check_owner(pid, paths)
     if pid is not None and is_running(pid, paths):
         echo(f"Stopping local services (process {pid})")
         with contextlib.suppress(ProcessLookupError):
@@ -671,6 +697,7 @@ def status(config: Path, echo: Echo) -> int:
     """
     paths = DevPaths.beside(config)
     pid = read_pid(paths)
+    _check_owner(pid, paths)
     if pid is None or not is_running(pid, paths):
         note = "" if pid is None else f" (the pid file names process {pid}, now gone)"
         echo(f"Local services for {_shown(paths.config)}: not running{note}.")

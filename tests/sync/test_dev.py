@@ -313,6 +313,32 @@ def test_status_while_running(federation: Federation) -> None:
     assert result.stdout.count(" responds") == len(SERVICES)
 
 
+def test_other_file_same_directory_rejected(federation: Federation) -> None:
+    pid = federation.pid()
+    shutil.copy(federation.config, federation.directory / "other.yaml")
+    results = {
+        command: subprocess.run(
+            [sys.executable, "-m", "pkifed", "dev", command, "-c", "other.yaml"],
+            cwd=federation.directory,
+            env=federation.environment,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        for command in ("up", "down", "status")
+    }
+
+    for command, result in results.items():
+        assert result.returncode == 1, (command, output_of(result))
+        assert "belongs to the local services of multicloud.yaml" in result.stderr
+        assert "pkifed dev down -c multicloud.yaml" in result.stderr
+    assert is_running(pid, federation.paths)
+    assert federation.pid() == pid
+    for service in SERVICES:
+        assert federation.paths.endpoint(service).exists(), service
+
+
 # --- the example on top ---------------------------------------------------------------
 
 
