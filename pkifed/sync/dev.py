@@ -346,7 +346,7 @@ def read_pid(paths: DevPaths) -> int | None:
     """Return the process id in the pid file, or None when there is none."""
     try:
         text = paths.pid_file.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return int(text) if text.isdigit() else None
 
@@ -499,7 +499,12 @@ def up(config: Path, echo: Echo) -> None:
         f"Starting local services for {_shown(paths.config)} "
         f"(log: {_shown(paths.log_file)})"
     )
-    process = _spawn(paths)
+    try:
+        process = _spawn(paths)
+    except OSError as error:
+        raise LocalServiceError(
+            f"cannot start the local services in {_shown(paths.root)}: {error.strerror}"
+        ) from None
     try:
         _wait_for_services(paths, process, buckets, echo)
     except BaseException:
@@ -674,18 +679,31 @@ def down(config: Path, echo: Echo) -> None:
 def remove_directory(paths: DevPaths) -> str:
     """Remove ``.pkifed/dev`` and return what it contained, or "" if nothing.
 
-    A symbolic link in its place is removed, never what it points to.
+    A symbolic link or file in its place is removed, never what a link points
+    to.
+
+    Raises:
+        LocalServiceError: the directory cannot be removed.
     """
     root = paths.root
-    if root.is_symlink():
-        root.unlink()
-        return "a symbolic link"
-    if not root.is_dir():
-        return ""
-    entries = sorted(
-        f"{entry.name}/" if entry.is_dir() else entry.name for entry in root.iterdir()
-    )
-    shutil.rmtree(root)
+    try:
+        if root.is_symlink():
+            root.unlink()
+            return "a symbolic link"
+        if root.exists() and not root.is_dir():
+            root.unlink()
+            return "a file"
+        if not root.is_dir():
+            return ""
+        entries = sorted(
+            f"{entry.name}/" if entry.is_dir() else entry.name
+            for entry in root.iterdir()
+        )
+        shutil.rmtree(root)
+    except OSError as error:
+        raise LocalServiceError(
+            f"cannot remove {_shown(root)}: {error.strerror}; remove it by hand"
+        ) from None
     return ", ".join(entries)
 
 
