@@ -298,9 +298,15 @@ def test_takeover_after_ttl(daemon: Daemon, config_path: Path) -> None:
     assert taken.token == 2
 
 
-def test_stale_leader_fenced(daemon: Daemon, config_path: Path) -> None:
+def test_stale_leader_fenced(
+    daemon: Daemon, config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A leader whose clock stalled believes it leads; its token stops it."""
     daemon.run_pass()
+    # A stalled leader does not renew either. Its renewal thread wakes every
+    # third of the TTL in real time, which a loaded machine can reach during
+    # this test, and would then learn of the takeover before the pass does.
+    monkeypatch.setattr(daemon.elector, "tick", daemon.elector.current)
     clock_b = FakeClock(T0 + datetime.timedelta(seconds=3))
     other = Daemon(load_config(config_path), clock=clock_b, replica_id="replica-b")
     other.start(serve_http=False, schedule=False)

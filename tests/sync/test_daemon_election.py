@@ -54,10 +54,10 @@ def test_leader_killed_taken_over(
     write_config(tmp_path, federation_document(store_url))
     for name in ("replica-a", "replica-b", "replica-c"):
         daemons.append(DaemonProcess(tmp_path, name))
-    assert wait_for(lambda: len(leaders(daemons)) == 1, 10), [d.log for d in daemons]
+    assert wait_for(lambda: len(leaders(daemons)) == 1, 30), [d.log for d in daemons]
     first = leaders(daemons)[0]
     first_token = first.metrics()["pkifed_lease_token"]
-    assert wait_for(lambda: (tmp_path / "out" / "trust.pem").exists(), 10)
+    assert wait_for(lambda: (tmp_path / "out" / "trust.pem").exists(), 30)
 
     first.process.send_signal(SIGKILL)
     killed_at = time.monotonic()
@@ -109,7 +109,7 @@ def test_stalled_leader_fenced(
         lambda: (
             sum(1 for _, p in cloud_kms.requests if p.endswith("Sign")) > signed_before
         ),
-        15,
+        45,
     )
     assert signing, stalled.log
     stalled.process.send_signal(SIGSTOP)
@@ -117,10 +117,10 @@ def test_stalled_leader_fenced(
 
     successor = DaemonProcess(tmp_path, "replica-b")
     daemons.append(successor)
-    assert wait_for(successor.is_leader, 10), successor.log
+    assert wait_for(successor.is_leader, 30), successor.log
     stalled.process.send_signal(SIGCONT)
-    assert wait_for(lambda: "is stale" in stalled.log, 10), stalled.log
-    issued = wait_for(lambda: (tmp_path / "out" / "trust.pem").exists(), 10)
+    assert wait_for(lambda: "is stale" in stalled.log, 30), stalled.log
+    issued = wait_for(lambda: (tmp_path / "out" / "trust.pem").exists(), 30)
 
     store = Store(store_url)
     try:
