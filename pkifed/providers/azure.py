@@ -195,7 +195,8 @@ class AzureKeyVaultSettings(ProviderSettings):
         default=None,
         description=(
             "PEM file of CA certificates trusted for the vault's TLS certificate, "
-            "for local services; the system trust store is used when unset."
+            "for local services; a relative path is resolved against the config "
+            "file's directory. The system trust store is used when unset."
         ),
     )
     unsafe_skip_challenge_resource_check: bool = Field(
@@ -392,7 +393,10 @@ class AzureKeyVaultProvider(KeyProvider):
             "read_timeout": self.settings.timeout,
         }
         if self.settings.ca_bundle is not None:
-            options["connection_verify"] = str(self.settings.ca_bundle)
+            bundle = self.settings.ca_bundle.expanduser()
+            if not bundle.is_absolute() and self.context.config_dir is not None:
+                bundle = Path(self.context.config_dir) / bundle
+            options["connection_verify"] = str(bundle)
         if self.settings.unsafe_skip_challenge_resource_check:
             logger.warning(
                 "provider %s: unsafe_skip_challenge_resource_check is set, so the "

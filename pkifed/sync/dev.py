@@ -10,8 +10,7 @@ The process writes what a federation file needs to reach them into
 ``${file:...}``:
 
 * ``endpoints/<service>``: each service's URL on one line;
-* ``keyvault-tls/ca.pem``: the CA that signed the Key Vault's TLS certificate,
-  whose absolute path is in ``endpoints/azure-keyvault-ca-bundle``;
+* ``keyvault-tls/ca.pem``: the CA that signed the Key Vault's TLS certificate;
 * ``keyvault-token``: the bearer token the Key Vault accepts (a secret);
 * ``azurite-account-key``: the key of the Azurite account (a secret);
 * ``services.pid`` and ``services.log``: the process's id and its log.
@@ -109,11 +108,6 @@ class DevPaths:
     @property
     def keyvault_ca(self) -> Path:
         return self.keyvault_tls / "ca.pem"
-
-    @property
-    def keyvault_ca_path(self) -> Path:
-        """The file that contains the absolute path of :attr:`keyvault_ca`."""
-        return self.endpoints / "azure-keyvault-ca-bundle"
 
     @property
     def keyvault_token(self) -> Path:
@@ -301,9 +295,6 @@ def _start_azure(starter: _Starter, buckets: dict[str, list[str]]) -> None:
     with starter.service("azure-keyvault"):
         paths.keyvault_tls.mkdir(mode=0o700, parents=True, exist_ok=True)
         tls = generate_loopback_tls(paths.keyvault_tls, validity_days=365)
-        # The azure-keyvault provider reads a relative ca_bundle against the
-        # working directory, so the federation file gets the absolute path.
-        _write_text(paths.keyvault_ca_path, f"{tls.ca_bundle}\n")
         token = secrets.token_urlsafe(32)
         _write_secret(paths.keyvault_token, token)
         vault = AzureKeyVaultFake(tls=tls, expected_token=token).start()

@@ -625,6 +625,24 @@ def test_untrusted_certificate_fails(
         provider.close()
 
 
+def test_relative_ca_bundle_from_config_dir(
+    vault: AzureKeyVaultFake, token_file: Path, tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "config"
+    (config_dir / "tls").mkdir(parents=True)
+    (config_dir / "tls" / "ca.pem").write_bytes(vault.ca_bundle.read_bytes())
+    settings = make_settings(vault.url, Path("tls/ca.pem"), token_file)
+    context = ProviderContext("azure", FEDERATION, config_dir=config_dir)
+    provider = AzureKeyVaultProvider(settings, context)
+    try:
+        # The working directory is not the config file's, so only a path
+        # resolved against the config file finds the bundle.
+        assert Path.cwd() != config_dir
+        assert provider.find_key(unique_name()) is None
+    finally:
+        provider.close()
+
+
 # --- packaging --------------------------------------------------------------
 
 
