@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pkifed.errors import (
     AccessDeniedError,
@@ -57,6 +57,7 @@ from pkifed.providers.base import (
     ProviderStatus,
 )
 from pkifed.providers.retry import call_with_retry
+from pkifed.providers.targets.objectstore import check_endpoint
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -244,6 +245,11 @@ class AwsKmsSettings(ProviderSettings):
         default=15.0, gt=0, description="Time allowed for each response, in seconds."
     )
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint(value)
+
     @model_validator(mode="after")
     def _check_profile(self) -> AwsKmsSettings:
         if self.profile is not None and self.uses_placeholder_credentials:
@@ -305,6 +311,12 @@ def parse_key_uri(uri: str) -> tuple[str, str | None]:
             )
         region = arn_region or region
     return key_id, region
+
+
+# botocore keeps 10 connections per client by default and warns, discarding
+# the connection, whenever more threads than that share the client. Up to 256
+# reconcile workers (the maximum of reconcile.concurrency) may call at once.
+MAX_POOL_CONNECTIONS = 256
 
 
 def redact_credentials(text: str) -> str:
@@ -445,6 +457,7 @@ class AwsKmsProvider(KeyProvider):
             connect_timeout=self.aws.connect_timeout,
             read_timeout=self.aws.read_timeout,
             retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
             user_agent_extra="pkifed",
         )
         return session.client("kms", endpoint_url=self.aws.endpoint_url, config=config)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from cryptography.x509.oid import NameOID
+from pydantic import ValidationError
 
 from pkifed.errors import (
     AccessDeniedError,
@@ -722,7 +723,7 @@ def test_loopback_endpoint_placeholder_credentials(
         None,
         "https://kms.eu-west-1.amazonaws.com",
         "https://vpce-0123.kms.eu-west-1.vpce.amazonaws.com",
-        "http://169.254.169.254",
+        "https://169.254.169.254",
     ],
 )
 def test_remote_endpoint_uses_credential_chain(endpoint_url: str | None) -> None:
@@ -762,3 +763,24 @@ def test_settings_reject_unknown_field() -> None:
 def test_settings_fields_described() -> None:
     for name, field in AwsKmsSettings.model_fields.items():
         assert field.description, name
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("http://kms.example.com", "plain http:// is allowed for loopback"),
+        ("ftp://127.0.0.1:21", "expected an http:// or https:// URL"),
+    ],
+)
+def test_settings_reject_endpoint(endpoint: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AwsKmsSettings(type="aws-kms", region="us-east-1", endpoint_url=endpoint)
+
+
+def test_settings_accept_https_endpoint() -> None:
+    settings = AwsKmsSettings(
+        type="aws-kms",
+        region="eu-west-1",
+        endpoint_url="https://vpce-0a1b.kms.eu-west-1.vpce.amazonaws.com",
+    )
+    assert not settings.uses_placeholder_credentials

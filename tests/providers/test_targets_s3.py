@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,3 +227,19 @@ def test_loopback_endpoint_placeholder_credentials(
     assert sent == {LOOPBACK_ACCESS_KEY_ID}
     assert TRAP_ACCESS_KEY_ID not in sent
     assert not marker.exists()
+
+
+def test_many_threads_share_pool(
+    s3: MotoS3, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = make_target(s3, bucket, f"pool-{uuid.uuid4().hex[:8]}")
+    target.publish("trust.pem", b"bundle")
+    # The reconciler reads every published object from a pool of up to
+    # reconcile.concurrency threads, all sharing this target's client.
+    with (
+        caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"),
+        ThreadPoolExecutor(max_workers=32) as pool,
+    ):
+        stored = list(pool.map(lambda _: target.read("trust.pem"), range(256)))
+    assert all(item is not None and item.data == b"bundle" for item in stored)
+    assert "Connection pool is full" not in caplog.text

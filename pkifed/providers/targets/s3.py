@@ -29,7 +29,11 @@ from pkifed.errors import (
     ProviderPermanentError,
     ProviderTemporaryError,
 )
-from pkifed.providers.aws import placeholder_credentials, redact_credentials
+from pkifed.providers.aws import (
+    MAX_POOL_CONNECTIONS,
+    placeholder_credentials,
+    redact_credentials,
+)
 from pkifed.providers.targets.base import (
     PreconditionFailedError,
     PublishTarget,
@@ -245,6 +249,7 @@ class S3Target(PublishTarget):
             connect_timeout=self.s3.connect_timeout,
             read_timeout=self.s3.read_timeout,
             retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
             s3={"addressing_style": style},
             user_agent_extra="pkifed",
         )
