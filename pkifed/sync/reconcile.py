@@ -436,8 +436,8 @@ class Reconciler:
                 ActionKind.RECORD_KEY,
                 subject,
                 f"key {outcome.value.uri} exists in provider {authority.provider} but "
-                "is not recorded (an earlier run stopped before recording it); it "
-                "will be recorded, not created again",
+                "is not recorded (an earlier run stopped before recording it, or the "
+                "state store is new); it will be recorded, not created again",
                 authority=name,
             )
         return Action(

@@ -37,7 +37,11 @@ class FileTargetSettings(TargetSettings):
         default=0o644,
         ge=0,
         le=0o777,
-        description="Permission bits of published files (they hold public data).",
+        description=(
+            "Permission bits of published files, which hold public data. Write "
+            "them in octal, such as 0644 (YAML reads a leading 0 as octal); the "
+            "default, 420, is 0644."
+        ),
     )
 
 
