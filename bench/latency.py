@@ -110,7 +110,8 @@ def run(directory: Path, count: int, concurrencies: tuple[int, ...]) -> Section:
     per_commit = commit_cost(directory / "commit-cost", 100)
     section.details.append(
         f"State store: one commit takes {per_commit * 1000:.2f} ms here (SQLite, "
-        "WAL, synchronous=FULL); the reconciler commits under one write lock."
+        "WAL, synchronous=FULL); the reconciler groups writes that arrive during a "
+        "commit into the next transaction."
     )
     for concurrency in concurrencies:
         measured = run_pass(directory / f"c{concurrency}", count, concurrency)
