@@ -29,9 +29,7 @@ umask 077
   'import secrets; print(secrets.token_urlsafe(18))' >"$state/multicloud-hsm-pin"
 if ! softhsm2-util --show-slots 2>/dev/null | grep -q 'Label:.*pkifed-multicloud'; then
   echo "multicloud: creating the SoftHSM2 token pkifed-multicloud"
-  softhsm2-util --init-token --free --label pkifed-multicloud \
-    --pin "$(cat "$state/multicloud-hsm-pin")" --so-pin "$(.venv/bin/python -c \
-    'import secrets; print(secrets.token_urlsafe(18))')" >/dev/null
+  .venv/bin/python examples/softhsm_token.py pkifed-multicloud "$state/multicloud-hsm-pin"
 fi
 umask 022
 

@@ -26,9 +26,7 @@ for secret in hsm-pin keystore-passphrase; do
 done
 if ! softhsm2-util --show-slots 2>/dev/null | grep -q 'Label:.*pkifed-quickstart'; then
   echo "quickstart: creating the SoftHSM2 token pkifed-quickstart"
-  softhsm2-util --init-token --free --label pkifed-quickstart \
-    --pin "$(cat "$state/hsm-pin")" --so-pin "$(.venv/bin/python -c \
-    'import secrets; print(secrets.token_urlsafe(18))')" >/dev/null
+  .venv/bin/python examples/softhsm_token.py pkifed-quickstart "$state/hsm-pin"
 fi
 umask 022
 
