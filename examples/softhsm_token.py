@@ -18,7 +18,7 @@ import secrets
 import sys
 from pathlib import Path
 
-# softhsm2-util 2.6 asks "Please enter SO PIN: ", then "Please reenter SO PIN: ",
+# softhsm2-util 2.6 prompts "Please enter SO PIN: ", then "Please reenter SO PIN: ",
 # and the same twice for the user PIN.
 _PROMPT = re.compile(rb"Please (?:re)?enter (SO|user) PIN: $")
 
@@ -53,7 +53,7 @@ def main(arguments: list[str]) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        # What softhsm2-util printed after the last prompt says why; it contains
+        # What softhsm2-util printed after the last prompt gives the reason. It has
         # no PIN, because the terminal does not echo them.
         message = output.decode(errors="replace").strip()
         print(
