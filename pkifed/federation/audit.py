@@ -14,9 +14,10 @@ holder commits, not the holder's new entry (PostgreSQL manual, "The Locking
 Clause" of SELECT), and then collides on ``seq``. The primary key on ``seq``
 still rejects any duplicate, and the append is retried.
 
-NOTE: the chain cannot reveal entries removed from its end, because what
-remains is still a valid chain. Keep the head that :func:`verify` reports
-elsewhere (a ticket, another store) to detect that.
+The chain alone cannot reveal entries removed from its end, because what
+remains is still a valid chain. :func:`verify` therefore takes an anchor, a
+head that an earlier verification reported and that was kept outside the store
+(a ticket, another system), and checks that the entry is still there unchanged.
 """
 
 from __future__ import annotations
@@ -219,8 +220,43 @@ class AuditLog:
             for record in session.scalars(query):
                 yield _entry(record)
 
-    def verify(self) -> VerifyResult:
-        """Check every entry's sequence number, link and hash, oldest first."""
+    def verify(self, anchor: tuple[int, str] | None = None) -> VerifyResult:
+        """Check every entry's sequence number, link and hash, oldest first.
+
+        With ``anchor``, a ``(seq, hash)`` pair that an earlier verification
+        reported as the head, also check that this entry still exists with
+        that hash, which catches entries cut from the end since then.
+        """
+        result = self._verify_chain()
+        if anchor is None or not result.ok:
+            return result
+        seq, expected = anchor
+        if seq > result.head_seq:
+            return VerifyResult(
+                result.entries,
+                result.head_seq,
+                result.head_hash,
+                seq,
+                f"the anchor names entry {seq}, but the log ends at entry "
+                f"{result.head_seq}; entries were removed from its end",
+            )
+        found = self._hash_of(seq)
+        if found != expected:
+            return VerifyResult(
+                result.entries,
+                result.head_seq,
+                result.head_hash,
+                seq,
+                f"entry {seq} has hash {found}, but the anchor expects {expected}",
+            )
+        return result
+
+    def _hash_of(self, seq: int) -> str | None:
+        with self.store.transaction() as session:
+            record = session.get(AuditRecord, seq)
+            return None if record is None else record.hash
+
+    def _verify_chain(self) -> VerifyResult:
         count = 0
         previous_hash = GENESIS_HASH
         expected_seq = 1

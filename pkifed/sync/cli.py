@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import re
 import socket
 import sys
 import traceback
@@ -506,9 +507,38 @@ def audit() -> None:
     """Check and export the audit log of every action apply and the daemon took."""
 
 
+def _parse_anchor(
+    context: click.Context, parameter: click.Parameter, value: str | None
+) -> tuple[int, str] | None:
+    if value is None:
+        return None
+    seq_text, separator, expected = value.partition(":")
+    if (
+        not separator
+        or not seq_text.isdigit()
+        or int(seq_text) < 1
+        or re.fullmatch(r"[0-9a-f]{64}", expected) is None
+    ):
+        raise click.BadParameter(
+            f"{value!r} is not SEQ:HASH, such as 42:<64 hex digits>, as "
+            "'pkifed audit verify' prints for the head"
+        )
+    return int(seq_text), expected
+
+
 @audit.command("verify")
 @CONFIG_OPTION
-def audit_verify(config_path: Path) -> None:
+@click.option(
+    "--anchor",
+    metavar="SEQ:HASH",
+    callback=_parse_anchor,
+    help=(
+        "A head that an earlier verify printed, kept outside the state store; "
+        "fail unless that entry is still in the log with that hash, which "
+        "catches entries removed from the end."
+    ),
+)
+def audit_verify(config_path: Path, anchor: tuple[int, str] | None) -> None:
     """Check the audit log's hash chain; exit 1 naming the first bad entry."""
     from pkifed.config.loader import load_config
     from pkifed.federation.audit import AuditLog
@@ -518,7 +548,7 @@ def audit_verify(config_path: Path) -> None:
     store = Store(_reading_url(config))
     try:
         store.initialise()
-        result = AuditLog(store).verify()
+        result = AuditLog(store).verify(anchor)
     finally:
         store.close()
     if not result.ok:
@@ -531,6 +561,9 @@ def audit_verify(config_path: Path) -> None:
     click.echo(
         f"audit log: {result.entries} entries intact; head is entry "
         f"{result.head_seq} with hash {result.head_hash}"
+    )
+    click.echo(
+        f"anchor for the next check: --anchor {result.head_seq}:{result.head_hash}"
     )
 
 

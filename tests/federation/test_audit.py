@@ -138,6 +138,34 @@ def test_deleted_entry_caught(filled: AuditLog) -> None:
     assert "removed" in result.problem
 
 
+def test_anchor_catches_cut_end(filled: AuditLog) -> None:
+    head = filled.verify()
+    execute(filled.store, "DELETE FROM audit_log WHERE seq > :seq", seq=ENTRIES - 2)
+
+    assert filled.verify().ok
+    result = filled.verify((head.head_seq, head.head_hash))
+
+    assert result.bad_seq == ENTRIES
+    assert "entries were removed from its end" in result.problem
+
+
+def test_anchor_catches_changed_hash(filled: AuditLog) -> None:
+    result = filled.verify((3, "0" * 64))
+
+    assert result.bad_seq == 3
+    assert "but the anchor expects" in result.problem
+
+
+def test_anchor_holds_after_appends(filled: AuditLog) -> None:
+    head = filled.verify()
+    append(filled, ENTRIES + 1)
+
+    result = filled.verify((head.head_seq, head.head_hash))
+
+    assert result.ok
+    assert result.head_seq == ENTRIES + 1
+
+
 def test_deleted_first_entry_caught(filled: AuditLog) -> None:
     execute(filled.store, "DELETE FROM audit_log WHERE seq = 1")
 

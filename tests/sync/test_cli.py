@@ -334,6 +334,44 @@ def test_apply_writes_audit_log(tmp_path: Path) -> None:
     assert all(e["actor"].startswith("cli:") for e in entries)
     assert all(e["outcome"] == "done" for e in entries)
 
+    anchor = verified.stdout.split("--anchor ")[1].split()[0]
+    anchored = run_pkifed(
+        "audit",
+        "verify",
+        "-c",
+        "audited.yaml",
+        "--anchor",
+        anchor,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert anchored.returncode == 0, anchored.stdout + anchored.stderr
+    beyond = run_pkifed(
+        "audit",
+        "verify",
+        "-c",
+        "audited.yaml",
+        "--anchor",
+        f"9:{'a' * 64}",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert beyond.returncode == 1
+    assert "the log ends at entry 2" in beyond.stderr
+    malformed = run_pkifed(
+        "audit",
+        "verify",
+        "-c",
+        "audited.yaml",
+        "--anchor",
+        "head",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert malformed.returncode == 2
+    assert "is not SEQ:HASH" in malformed.stderr
+    assert "Traceback" not in malformed.stderr
+
 
 def test_help_choices_match_modules() -> None:
     from pkifed.config.policy import Severity
