@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ _resolved_lock = threading.Lock()
 
 # Values this short would scrub ordinary words from messages.
 _MIN_REDACTED_LENGTH = 4
+
+# A file named by ${file:PATH} contains one PIN, token, key, URL or name. A
+# larger file is almost certainly the wrong file, such as a certificate given
+# where its path was expected.
+MAX_REFERENCED_FILE = 64 * 1024
 
 
 def redact(text: str) -> str:
@@ -58,6 +64,58 @@ def parse_reference(text: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match["kind"], match["target"]
+
+
+def read_referenced_file(path: Path) -> str:
+    """Read the text of a file named by ``${file:PATH}``, without trailing line breaks.
+
+    Only a regular file is read, and at most MAX_REFERENCED_FILE bytes of it,
+    so a FIFO, a device such as /dev/zero or a directory fails at once instead
+    of blocking or filling memory.
+
+    Raises:
+        ValueError: the file cannot be opened, is not a regular file, is larger
+            than MAX_REFERENCED_FILE bytes or is not UTF-8 text. The message
+            names the path and never the content.
+    """
+    try:
+        # O_NONBLOCK keeps open() from waiting for a writer when path is a FIFO.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise ValueError(f"{path} is {_file_kind(mode)}, not a regular file")
+    with os.fdopen(descriptor, "rb") as stream:
+        try:
+            data = stream.read(MAX_REFERENCED_FILE + 1)
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    if len(data) > MAX_REFERENCED_FILE:
+        raise ValueError(
+            f"{path} is larger than {MAX_REFERENCED_FILE} bytes; a referenced file "
+            "must contain only the value"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    # A trailing newline is almost always an editor artefact, not part of the
+    # value.
+    return text.rstrip("\r\n")
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 class SecretRef:
@@ -103,13 +161,9 @@ class SecretRef:
         if not path.is_absolute() and self._base_dir is not None:
             path = self._base_dir / path
         try:
-            # A trailing newline is almost always an editor artefact, not part of
-            # the secret.
-            return _remember(path.read_text(encoding="utf-8").rstrip("\r\n"))
-        except OSError as error:
-            raise SecretError(
-                f"secret {self.reference}: cannot read {path}: {error.strerror}"
-            ) from None
+            return _remember(read_referenced_file(path))
+        except ValueError as error:
+            raise SecretError(f"secret {self.reference}: {error}") from None
 
     def check(self) -> str | None:
         """Return why the reference cannot be used, or None when it can."""

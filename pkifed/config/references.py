@@ -22,11 +22,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from pkifed.errors import Problem
-from pkifed.secrets import SecretRef, parse_reference
+from pkifed.secrets import (
+    MAX_REFERENCED_FILE,
+    SecretRef,
+    parse_reference,
+    read_referenced_file,
+)
 
-# A plain setting is a URL, a name or a path. A larger file is almost certainly
-# the wrong file, such as a certificate given where its path was expected.
-MAX_REFERENCED_FILE = 64 * 1024
+__all__ = ["MAX_REFERENCED_FILE", "expand_references", "secret_fields"]
 
 
 def secret_fields(model: type[BaseModel]) -> frozenset[str]:
@@ -105,21 +108,7 @@ def _read_file(target: str, base_dir: Path) -> str:
     path = Path(target).expanduser()
     if not path.is_absolute():
         path = base_dir / path
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_REFERENCED_FILE + 1)
-    except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror}") from None
-    if len(data) > MAX_REFERENCED_FILE:
-        raise ValueError(
-            f"{path} is larger than {MAX_REFERENCED_FILE} bytes; a reference in a "
-            "plain setting must name a file that holds only the value"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
-    text = text.rstrip("\r\n")
+    text = read_referenced_file(path)
     if not text.strip():
         raise ValueError(f"{path} is empty")
     return text

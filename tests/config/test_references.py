@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,156 @@ def test_file_unchanged_on_disk(
     load_config(path)
     assert path.read_bytes() == before
     assert yaml.safe_load(before)["targets"]["bucket"]["bucket"].startswith("${env:")
+
+
+# --- files that are not plain text files ----------------------------------------------
+
+
+def load_in_thread(path: Path, fifo: Path | None = None) -> dict[str, str]:
+    """Return load_config's problems, or fail if it blocks for 10 seconds.
+
+    A load that blocks on ``fifo`` is released by opening the FIFO for
+    writing, so the test fails instead of hanging.
+    """
+    found: dict[str, str] = {}
+
+    def load() -> None:
+        found.update(problems_of(path))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    blocked = worker.is_alive()
+    if blocked and fifo is not None:
+        with fifo.open("w"):
+            pass
+        worker.join(timeout=10)
+    assert not blocked, f"load_config blocked on {fifo}"
+    return found
+
+
+def test_fifo_rejected_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "endpoint"
+    os.mkfifo(fifo)
+
+    problems = load_in_thread(
+        write(tmp_path, with_s3("trust", "${file:endpoint}")), fifo
+    )
+
+    message = problems["targets.bucket.endpoint_url"]
+    assert message == f"${{file:endpoint}}: {fifo} is a FIFO, not a regular file"
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_device_rejected(tmp_path: Path, device: str) -> None:
+    problems = problems_of(write(tmp_path, with_s3("trust", f"${{file:{device}}}")))
+
+    message = problems["targets.bucket.endpoint_url"]
+    assert message == f"${{file:{device}}}: {device} is a device, not a regular file"
+
+
+def test_directory_rejected(tmp_path: Path) -> None:
+    (tmp_path / "endpoints").mkdir()
+
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:endpoints}")))
+
+    message = problems["targets.bucket.endpoint_url"]
+    assert message.endswith(
+        f"{tmp_path / 'endpoints'} is a directory, not a regular file"
+    )
+
+
+def test_symlink_loop_named(tmp_path: Path) -> None:
+    (tmp_path / "first").symlink_to("second")
+    (tmp_path / "second").symlink_to("first")
+
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:first}")))
+
+    message = problems["targets.bucket.endpoint_url"]
+    assert message == (
+        f"${{file:first}}: cannot read {tmp_path / 'first'}: Too many levels of "
+        "symbolic links"
+    )
+
+
+def test_non_utf8_file_named(tmp_path: Path) -> None:
+    (tmp_path / "endpoint").write_bytes(b"http://127.0.0.1:\xff\n")
+
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:endpoint}")))
+
+    message = problems["targets.bucket.endpoint_url"]
+    assert message == f"${{file:endpoint}}: {tmp_path / 'endpoint'} is not UTF-8 text"
+
+
+# --- references in secret settings ----------------------------------------------------
+
+
+def test_secret_fifo_rejected_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "passphrase"
+    os.mkfifo(fifo)
+    document = base_config()
+    document["providers"]["disk"]["passphrase"] = "${file:passphrase}"
+
+    problems = load_in_thread(write(tmp_path, document), fifo)
+
+    assert problems == {
+        "providers.disk.passphrase": (
+            f"secret ${{file:passphrase}}: {fifo} is a FIFO, not a regular file"
+        )
+    }
+
+
+def test_secret_device_rejected(tmp_path: Path) -> None:
+    # /dev/null stands for every device: it is rejected before any read, so
+    # an endless one such as /dev/zero cannot exhaust memory.
+    document = base_config()
+    document["providers"]["disk"]["passphrase"] = "${file:/dev/null}"
+
+    problems = problems_of(write(tmp_path, document))
+
+    assert problems == {
+        "providers.disk.passphrase": (
+            "secret ${file:/dev/null}: /dev/null is a device, not a regular file"
+        )
+    }
+
+
+def test_secret_large_file_rejected(tmp_path: Path) -> None:
+    (tmp_path / "passphrase").write_bytes(b"x" * (MAX_REFERENCED_FILE + 1))
+    document = base_config()
+    document["providers"]["disk"]["passphrase"] = "${file:passphrase}"
+
+    problems = problems_of(write(tmp_path, document))
+
+    message = problems["providers.disk.passphrase"]
+    assert message.startswith("secret ${file:passphrase}: ")
+    assert f"is larger than {MAX_REFERENCED_FILE} bytes" in message
+
+
+def test_secret_non_utf8_file_named(tmp_path: Path) -> None:
+    secret = b"\xffnot-shown-passphrase"
+    (tmp_path / "passphrase").write_bytes(secret)
+    document = base_config()
+    document["providers"]["disk"]["passphrase"] = "${file:passphrase}"
+
+    problems = problems_of(write(tmp_path, document))
+
+    message = problems["providers.disk.passphrase"]
+    assert message == (
+        f"secret ${{file:passphrase}}: {tmp_path / 'passphrase'} is not UTF-8 text"
+    )
+    assert "not-shown-passphrase" not in message
+
+
+def test_secret_file_reference_unresolved(tmp_path: Path) -> None:
+    (tmp_path / "passphrase").write_text("file-held passphrase\n", encoding="utf-8")
+    document = base_config()
+    document["providers"]["disk"]["passphrase"] = "${file:passphrase}"
+
+    config = load_config(write(tmp_path, document))
+
+    settings = config.providers["disk"].settings
+    assert isinstance(settings, LocalSettings)
+    assert settings.passphrase.reference == "${file:passphrase}"
+    assert "file-held passphrase" not in repr(settings)
+    assert "file-held passphrase" not in settings.model_dump_json()
