@@ -7,6 +7,10 @@ value appears in messages and plans like any other setting. Secret settings keep
 their references unresolved (:class:`pkifed.secrets.SecretRef`) and are skipped
 here, so this expansion never reads a secret.
 
+A reference is the whole value. A value that starts like one but is not, such
+as ``${env:}`` or ``pki/${env:NAME}``, is reported as invalid instead of being
+used as written.
+
 A relative PATH is relative to the configuration file. Trailing line breaks are
 removed, because editors and ``echo`` add them.
 """
@@ -14,6 +18,7 @@ removed, because editors and ``echo`` add them.
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -30,6 +35,13 @@ from pkifed.secrets import (
 )
 
 __all__ = ["MAX_REFERENCED_FILE", "expand_references", "secret_fields"]
+
+# The start of a reference, to catch a value that looks like one but is not.
+_REFERENCE_START = re.compile(r"\$\{(?:env|file):")
+
+# A variable name that a POSIX shell can export: letters, digits and
+# underscores, not starting with a digit.
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def secret_fields(model: type[BaseModel]) -> frozenset[str]:
@@ -56,7 +68,7 @@ def expand_references(
     """Replace references in the non-secret settings of one plugin's mapping.
 
     Returns the expanded mapping and a problem for each reference that could
-    not be read. ``raw`` itself is left unchanged.
+    not be read or is invalid. ``raw`` itself is left unchanged.
     """
     skipped = secret_fields(model)
     expanded: dict[str, Any] = {}
@@ -84,6 +96,14 @@ def _expand(value: Any, path: str, base_dir: Path, problems: list[Problem]) -> A
         return value
     reference = parse_reference(value)
     if reference is None:
+        if _REFERENCE_START.search(value):
+            problems.append(
+                Problem(
+                    path,
+                    f"invalid reference {value!r}: expected ${{env:NAME}} or "
+                    "${file:PATH} as the whole value",
+                )
+            )
         return value
     kind, target = reference
     try:
@@ -97,6 +117,11 @@ def _expand(value: Any, path: str, base_dir: Path, problems: list[Problem]) -> A
 
 def _read_variable(name: str) -> str:
     value = os.environ.get(name)
+    if value is None and _VARIABLE_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"invalid environment variable name {name!r}: use letters, digits and "
+            "underscores, not starting with a digit"
+        )
     if value is None:
         raise ValueError(f"environment variable {name} is not set")
     if not value.strip():

@@ -280,3 +280,66 @@ def test_secret_file_reference_unresolved(tmp_path: Path) -> None:
     assert settings.passphrase.reference == "${file:passphrase}"
     assert "file-held passphrase" not in repr(settings)
     assert "file-held passphrase" not in settings.model_dump_json()
+
+
+# --- malformed references -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reference", ["${env:}", "${file:}", "${env:NAME", "pki/${env:NAME}", "${file:}x"]
+)
+def test_malformed_reference_rejected(tmp_path: Path, reference: str) -> None:
+    document = with_s3("trust")
+    document["targets"]["bucket"]["prefix"] = reference
+
+    problems = problems_of(write(tmp_path, document))
+
+    assert problems == {
+        "targets.bucket.prefix": (
+            f"invalid reference {reference!r}: expected ${{env:NAME}} or "
+            "${file:PATH} as the whole value"
+        )
+    }
+
+
+@pytest.mark.parametrize("name", [" PKIFED_TEST_BUCKET", "1ST", "A-B", "A=B"])
+def test_invalid_variable_name_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("PKIFED_TEST_BUCKET", "trust-bundles")
+
+    problems = problems_of(write(tmp_path, with_s3(f"${{env:{name}}}")))
+
+    assert problems == {
+        "targets.bucket.bucket": (
+            f"${{env:{name}}}: invalid environment variable name {name!r}: use "
+            "letters, digits and underscores, not starting with a digit"
+        )
+    }
+
+
+# --- nested settings ------------------------------------------------------------------
+
+
+def test_reference_in_nested_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PKIFED_TEST_ATTEMPTS", "7")
+    document = with_s3("trust")
+    document["targets"]["bucket"]["retry"] = {"attempts": "${env:PKIFED_TEST_ATTEMPTS}"}
+
+    config = load_config(write(tmp_path, document))
+
+    settings = config.targets["bucket"].settings
+    assert isinstance(settings, S3TargetSettings)
+    assert settings.retry.attempts == 7
+
+
+def test_nested_reference_problem_named(tmp_path: Path) -> None:
+    document = with_s3("trust")
+    document["targets"]["bucket"]["retry"] = {"attempts": "${file:attempts}"}
+
+    problems = problems_of(write(tmp_path, document))
+
+    message = problems["targets.bucket.retry.attempts"]
+    assert message.startswith("${file:attempts}: cannot read ")
