@@ -5,7 +5,8 @@ or a bucket name, may be written as a reference. The loader replaces it with the
 variable's value or the file's content before validating the settings, so the
 value appears in messages and plans like any other setting. Secret settings keep
 their references unresolved (:class:`pkifed.secrets.SecretRef`) and are skipped
-here, so this expansion never reads a secret.
+here, so this expansion never reads a secret. A setting whose model contains a
+secret at any depth is skipped as a whole.
 
 A reference is the whole value. A value that starts like one but is not, such
 as ``${env:}`` or ``pki/${env:NAME}``, is reported as invalid instead of being
@@ -45,21 +46,40 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def secret_fields(model: type[BaseModel]) -> frozenset[str]:
-    """Return the names of the fields of ``model`` that hold a secret reference."""
-    return frozenset(
-        name
-        for name, field in model.model_fields.items()
-        if _mentions_secret(field.annotation)
-    )
+    """Return the keys of ``model``'s fields that are or contain a secret reference.
+
+    A field's alias counts as a key too, because the mapping is keyed as
+    written in the file.
+    """
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        if _mentions_secret(field.annotation, frozenset()):
+            keys.add(name)
+            keys.update(
+                alias
+                for alias in (field.alias, field.validation_alias)
+                if isinstance(alias, str)
+            )
+    return frozenset(keys)
 
 
-def _mentions_secret(annotation: Any) -> bool:
+def _mentions_secret(annotation: Any, seen: frozenset[type]) -> bool:
     if annotation is SecretRef:
         return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return False
+        inner = seen | {annotation}
+        return any(
+            _mentions_secret(field.annotation, inner)
+            for field in annotation.model_fields.values()
+        )
     origin = typing.get_origin(annotation)
     if origin is None and not isinstance(annotation, types.UnionType):
         return False
-    return any(_mentions_secret(argument) for argument in typing.get_args(annotation))
+    return any(
+        _mentions_secret(argument, seen) for argument in typing.get_args(annotation)
+    )
 
 
 def expand_references(

@@ -9,12 +9,18 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, Field
 
 from pkifed.config.loader import load_config
-from pkifed.config.references import MAX_REFERENCED_FILE, secret_fields
+from pkifed.config.references import (
+    MAX_REFERENCED_FILE,
+    expand_references,
+    secret_fields,
+)
 from pkifed.errors import ConfigError
 from pkifed.providers.local import LocalSettings
 from pkifed.providers.targets.s3 import S3TargetSettings
+from pkifed.secrets import SecretRef
 from tests.config.test_validate import base_config, passphrase, write
 
 __all__ = ["passphrase"]  # The autouse fixture that sets the keystore passphrase.
@@ -343,3 +349,43 @@ def test_nested_reference_problem_named(tmp_path: Path) -> None:
 
     message = problems["targets.bucket.retry.attempts"]
     assert message.startswith("${file:attempts}: cannot read ")
+
+
+class _Credentials(BaseModel):
+    token: SecretRef
+    user: str
+
+
+class _NestedSettings(BaseModel):
+    credentials: _Credentials | None = None
+    pools: list[_Credentials] = []
+
+
+def test_nested_secret_left_unresolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PKIFED_TEST_USER", "pkifed")
+    (tmp_path / "token").write_text("nested-token-value\n", encoding="utf-8")
+    credentials = {"token": "${file:token}", "user": "${env:PKIFED_TEST_USER}"}
+    raw = {"credentials": credentials, "pools": [credentials]}
+
+    expanded, problems = expand_references(raw, _NestedSettings, "x", tmp_path)
+
+    assert secret_fields(_NestedSettings) == {"credentials", "pools"}
+    assert problems == []
+    assert expanded == raw
+
+
+class _AliasedSettings(BaseModel):
+    token: SecretRef = Field(alias="api-token")
+
+
+def test_aliased_secret_left_unresolved(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("aliased-token-value\n", encoding="utf-8")
+    raw = {"api-token": "${file:token}"}
+
+    expanded, problems = expand_references(raw, _AliasedSettings, "x", tmp_path)
+
+    assert "api-token" in secret_fields(_AliasedSettings)
+    assert problems == []
+    assert expanded == raw
