@@ -30,6 +30,7 @@ import http.client
 import importlib.util
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -68,6 +69,12 @@ SHUTDOWN_TIMEOUT = 20.0
 
 # Exit status of dev status when no services are running (the LSB convention).
 NOT_RUNNING_EXIT = 3
+
+# A process id as the pid file contains it: ASCII digits without a sign or a
+# leading zero. pid_t is a signed 32-bit integer on Linux and macOS, and a
+# larger number makes os.kill raise OverflowError.
+_PID = re.compile(r"[1-9][0-9]{0,9}")
+_MAX_PID = 2**31 - 1
 
 Echo = Callable[[str], None]
 
@@ -334,12 +341,14 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def read_pid(paths: DevPaths) -> int | None:
-    """Return the process id in the pid file, or None when there is none."""
+    """Return the process id in the pid file, or None when there is no valid one."""
     try:
         text = paths.pid_file.read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
         return None
-    return int(text) if text.isdigit() else None
+    if _PID.fullmatch(text) is None or int(text) > _MAX_PID:
+        return None
+    return int(text)
 
 
 def _serve_command(paths: DevPaths) -> list[str]:
