@@ -67,6 +67,11 @@ AZURITE_ACCOUNT = "pkifeddev"
 STARTUP_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 20.0
 
+# How long dev serve waits for dev up to write its id into the pid file, in
+# seconds. dev up writes it as soon as the process exists, so the wait is
+# longer than a few milliseconds only on a stalled machine.
+OWNER_TIMEOUT = 10.0
+
 # Exit status of dev status when no services are running (the LSB convention).
 NOT_RUNNING_EXIT = 3
 
@@ -186,6 +191,14 @@ def serve(config: Path) -> int:
     stopping = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda signum, frame: stopping.set())
+    if not _wait_until_named(paths, stopping):
+        logger.error(
+            "local services: %s does not name process %d, so no pkifed dev down "
+            "could stop it; exiting without starting any service",
+            paths.pid_file,
+            os.getpid(),
+        )
+        return 1
     try:
         with contextlib.ExitStack() as stack:
             try:
@@ -203,9 +216,29 @@ def serve(config: Path) -> int:
         logger.info("local services: stopped")
         return 0
     finally:
-        shutil.rmtree(paths.endpoints, ignore_errors=True)
+        # The files belong to another dev process once the pid file names it.
         if read_pid(paths) == os.getpid():
+            shutil.rmtree(paths.endpoints, ignore_errors=True)
             paths.pid_file.unlink(missing_ok=True)
+
+
+def _wait_until_named(paths: DevPaths, stopping: threading.Event) -> bool:
+    """Wait until the pid file names this process; return whether it does.
+
+    dev up writes the pid file right after starting this process. When dev up
+    is killed before that, or a later dev up has started a process of its
+    own, no pid file names this one, and it must not start services that
+    nothing would stop.
+    """
+    deadline = time.monotonic() + OWNER_TIMEOUT
+    while not stopping.is_set() and time.monotonic() < deadline:
+        pid = read_pid(paths)
+        if pid == os.getpid():
+            return True
+        if pid is not None:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 def _configure_service_log() -> None:

@@ -7,6 +7,7 @@ as stale and that no process it names is signalled.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -109,3 +110,37 @@ def test_cli_status_with_huge_pid(paths: DevPaths) -> None:
 
     assert result.returncode == NOT_RUNNING_EXIT, result.stderr
     assert result.stderr == ""
+
+
+def test_serve_unnamed_starts_nothing(paths: DevPaths, tmp_path: Path) -> None:
+    # The pid file names another process, as after a dev up that was killed
+    # before writing this process's id and a later dev up that started its
+    # own. That process's endpoint files must survive.
+    paths.pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+    paths.endpoints.mkdir()
+    paths.endpoint("aws-kms").write_text("http://127.0.0.1:1\n", encoding="utf-8")
+    # Should a service start anyway, Azurite fails at once and stops the rest.
+    failing = tmp_path / "azurite-blob"
+    failing.write_text("#!/bin/sh\nexit 1\n", encoding="utf-8")
+    failing.chmod(0o755)
+    environment = {
+        **os.environ,
+        "PKIFED_AZURITE": str(failing),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pkifed", "dev", "serve", "-c", str(paths.config)],
+        cwd=paths.root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "does not name process" in result.stderr
+    assert "listening" not in result.stderr
+    assert paths.endpoint("aws-kms").exists()
+    assert read_pid(paths) == os.getpid()
