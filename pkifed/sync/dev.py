@@ -18,7 +18,8 @@ The process writes what a federation file needs to reach them into
 It also creates every S3 and Cloud Storage bucket and every Azure Blob
 container that the file's targets name. The stand-ins keep keys and objects in
 memory, so ``pkifed dev down`` discards them, and with them everything in
-``.pkifed/dev``, including a state store kept there.
+``.pkifed/dev``, including a state store kept there. dev up and dev down lock
+``.pkifed/dev.lock`` first, so only one of them at a time changes the directory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import fcntl
 import http.client
 import importlib.util
 import logging
@@ -67,6 +69,10 @@ AZURITE_ACCOUNT = "pkifeddev"
 STARTUP_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 20.0
 
+# How long dev up and dev down wait for another of them on the same directory
+# to finish, in seconds: the longest a start that fails or a stop can take.
+LOCK_TIMEOUT = STARTUP_TIMEOUT + 2 * SHUTDOWN_TIMEOUT
+
 # How long dev serve waits for dev up to write its id into the pid file, in
 # seconds. dev up writes it as soon as the process exists, so the wait is
 # longer than a few milliseconds only on a stalled machine.
@@ -96,6 +102,11 @@ class DevPaths:
         """Return the paths for the federation file ``config``."""
         resolved = config.resolve()
         return cls(resolved, resolved.parent / ".pkifed" / "dev")
+
+    @property
+    def lock_file(self) -> Path:
+        """The lock file of dev up and down, beside the directory they remove."""
+        return self.root.parent / "dev.lock"
 
     @property
     def pid_file(self) -> Path:
@@ -516,13 +527,20 @@ def up(config: Path, echo: Echo) -> None:
     paths = DevPaths.beside(config)
     if not paths.config.is_file():
         raise LocalServiceError(f"{config}: file not found")
+    buckets = bucket_names(paths.config)
+    with _exclusive(paths, echo):
+        _start_unless_running(paths, buckets, echo)
+
+
+def _start_unless_running(
+    paths: DevPaths, buckets: dict[str, list[str]], echo: Echo
+) -> None:
     pid = read_pid(paths)
     if pid is not None and is_running(pid, paths):
         _echo_already_running(paths, pid, echo)
         return
     _check_owner(pid, paths)
     _check_dependencies()
-    buckets = bucket_names(paths.config)
     if pid is not None:
         echo(f"The pid file names process {pid}, which is no longer running.")
     removed = remove_directory(paths)
@@ -548,6 +566,56 @@ def up(config: Path, echo: Echo) -> None:
         f"{_shown(paths.endpoints)}."
     )
     echo(f"Stop them with: pkifed dev down -c {_shown(paths.config)}")
+
+
+@contextlib.contextmanager
+def _exclusive(paths: DevPaths, echo: Echo) -> Iterator[None]:
+    """Hold the lock file, so one dev up or dev down at a time changes .pkifed/dev.
+
+    Two at once would each find no services running and start a set, or stop
+    the services that the other is starting. The kernel releases the lock
+    when its holder dies, even from SIGKILL.
+
+    Raises:
+        LocalServiceError: the lock file cannot be opened, or another command
+            holds the lock for longer than LOCK_TIMEOUT.
+    """
+    lock_file = paths.lock_file
+    try:
+        lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise LocalServiceError(
+            f"cannot open the lock file {_shown(lock_file)}: {error.strerror}"
+        ) from None
+    try:
+        _lock(descriptor, paths, echo)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _lock(descriptor: int, paths: DevPaths, echo: Echo) -> None:
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() > deadline:
+            raise LocalServiceError(
+                f"another pkifed dev up or down has held {_shown(paths.lock_file)} "
+                f"for {LOCK_TIMEOUT:.0f} s; wait for it to finish or stop it"
+            )
+        if not waiting:
+            echo(
+                "Waiting for another pkifed dev up or down to release "
+                f"{_shown(paths.lock_file)}"
+            )
+            waiting = True
+        time.sleep(0.1)
 
 
 def _echo_already_running(paths: DevPaths, pid: int, echo: Echo) -> None:
@@ -686,6 +754,15 @@ def down(config: Path, echo: Echo) -> None:
             ``.pkifed/dev`` belongs to the running services of another file.
     """
     paths = DevPaths.beside(config)
+    if not paths.root.parent.is_dir():
+        echo(f"No local services are running for {_shown(paths.config)}.")
+        echo("Nothing to remove.")
+        return
+    with _exclusive(paths, echo):
+        _stop(paths, echo)
+
+
+def _stop(paths: DevPaths, echo: Echo) -> None:
     pid = read_pid(paths)
     _check_owner(pid, paths)
     if pid is not None and is_running(pid, paths):

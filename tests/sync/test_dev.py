@@ -476,6 +476,35 @@ def test_stale_pid_file_replaced(federation: Federation) -> None:
     assert is_running(federation.pid(), federation.paths)
 
 
+def test_concurrent_up_starts_once(federation: Federation) -> None:
+    stopped = federation.run("dev", "down")
+    command = [sys.executable, "-m", "pkifed", "dev", "up", "-c", "multicloud.yaml"]
+    starting = [
+        subprocess.Popen(
+            command,
+            cwd=federation.directory,
+            env=federation.environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=240)[0] for process in starting]
+    federation.outputs.extend(outputs)
+    status = federation.run("dev", "status")
+
+    assert stopped.returncode == 0, output_of(stopped)
+    for process, output in zip(starting, outputs, strict=True):
+        assert process.returncode == 0, output
+    assert sum("Local services running as process" in text for text in outputs) == 1
+    assert _serve_processes(federation) == [federation.pid()]
+    assert status.returncode == 0, output_of(status)
+    for output in outputs:
+        for service in SERVICES:
+            assert f"{service:<15} {federation.endpoint(service)}" in output, output
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
