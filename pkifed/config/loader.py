@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,14 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 
 from pkifed.config.names import parse_general_name, parse_subject
+from pkifed.config.problems import validation_problems
 from pkifed.config.references import expand_references
 from pkifed.config.schema import AuthorityConfig, FederationConfig
 from pkifed.errors import ConfigError, PluginError, Problem
 from pkifed.providers.base import KeyProvider
 from pkifed.providers.registry import PROVIDER_GROUP, TARGET_GROUP, load_plugin
 from pkifed.providers.targets.base import PublishTarget
-from pkifed.secrets import SECRET_ERROR_TYPE, SecretRef
+from pkifed.secrets import SecretRef
 
 
 @dataclass(frozen=True)
@@ -104,47 +104,6 @@ def _read_yaml(path: Path) -> Any:
         ) from None
 
 
-# Location parts pydantic adds for union members and validators; they name
-# Python types, not fields of the file.
-_TYPE_PART = re.compile(r"^(?:[A-Z]\w*|str|int|float|bool|list|dict|none)$|[\[\]-]")
-_NAME_RULE = (
-    "use 1 to 48 lowercase letters, digits and hyphens, starting and ending with "
-    "a letter or digit"
-)
-
-
-def _problem_of(item: Any, prefix: str) -> Problem:
-    location = [str(part) for part in item["loc"]]
-    location = [part for part in location if not _TYPE_PART.search(part)]
-    path = ".".join(filter(None, [prefix, *location]))
-    message = str(item["msg"]).removeprefix("Value error, ")
-    if item["type"] == "extra_forbidden":
-        return Problem(path, "unknown field")
-    if item["type"] == "string_pattern_mismatch":
-        message = f"invalid name: {_NAME_RULE}"
-    quiet = {"missing", SECRET_ERROR_TYPE}
-    value = item.get("input")
-    if item["type"] not in quiet and "input" in item:
-        shown = repr(value)
-        if not isinstance(value, dict | list) and shown not in message:
-            if len(shown) > 80:
-                shown = shown[:77] + "..."
-            message = f"{message} (got {shown})"
-    return Problem(path, message)
-
-
-def _pydantic_problems(error: ValidationError, prefix: str = "") -> list[Problem]:
-    # A union reports one error per member for the same value, so they are
-    # joined into one problem per path, listing every accepted form once.
-    by_path: dict[str, list[str]] = {}
-    for item in error.errors(include_url=False):
-        problem = _problem_of(item, prefix)
-        messages = by_path.setdefault(problem.path, [])
-        if problem.message not in messages:
-            messages.append(problem.message)
-    return [Problem(path, "; or ".join(messages)) for path, messages in by_path.items()]
-
-
 def _validate_plugin(
     group: str,
     base: type[Any],
@@ -173,7 +132,7 @@ def _validate_plugin(
     try:
         settings = settings_model.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as error:
-        return None, _pydantic_problems(error, path)
+        return None, validation_problems(error, raw, settings_model, path)
     for field, value in settings:
         if check_secrets and isinstance(value, SecretRef):
             message = value.check()
@@ -192,38 +151,40 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> LoadedConfig
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(str(path), [Problem("", "the file must contain a mapping")])
+    problems: list[Problem] = []
+    model: FederationConfig | None = None
     try:
         model = FederationConfig.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as error:
-        raise ConfigError(str(path), _pydantic_problems(error)) from None
+        problems.extend(validation_problems(error, raw, FederationConfig))
 
-    problems: list[Problem] = []
-    providers: dict[str, PluginConfig] = {}
-    targets: dict[str, PluginConfig] = {}
-    for name, settings in model.providers.items():
-        plugin, found = _validate_plugin(
-            PROVIDER_GROUP,
-            KeyProvider,
-            f"providers.{name}",
-            settings,
-            path.parent,
-            check_secrets,
-        )
-        problems.extend(found)
-        if plugin is not None:
-            providers[name] = plugin
-    for name, settings in model.targets.items():
-        plugin, found = _validate_plugin(
-            TARGET_GROUP,
-            PublishTarget,
-            f"targets.{name}",
-            settings,
-            path.parent,
-            check_secrets,
-        )
-        problems.extend(found)
-        if plugin is not None:
-            targets[name] = plugin
+    # Plugin settings are checked even when the rest of the file is invalid, so
+    # one run lists every problem instead of revealing them stage by stage.
+    sections = (
+        ("providers", PROVIDER_GROUP, KeyProvider),
+        ("targets", TARGET_GROUP, PublishTarget),
+    )
+    plugins: dict[str, dict[str, PluginConfig]] = {"providers": {}, "targets": {}}
+    for section, group, base in sections:
+        declared = raw.get(section)
+        if not isinstance(declared, dict):
+            continue
+        for name, settings in declared.items():
+            plugin, found = _validate_plugin(
+                group,
+                base,
+                f"{section}.{name}",
+                settings,
+                path.parent,
+                check_secrets,
+            )
+            problems.extend(found)
+            if plugin is not None:
+                plugins[section][name] = plugin
+    providers = plugins["providers"]
+    targets = plugins["targets"]
+    if model is None:
+        raise ConfigError(str(path), problems)
 
     problems.extend(check_federation(model, providers))
     if problems:

@@ -249,7 +249,82 @@ def test_unknown_field(tmp_path: Path) -> None:
     document = base_config()
     document["authorities"]["root"]["valdity"] = "1y"
 
-    assert "authorities.root.valdity: unknown field" in problems_of(tmp_path, document)
+    assert (
+        "authorities.root.valdity: unknown field; did you mean 'validity'?"
+        in problems_of(tmp_path, document)
+    )
+
+
+def test_unknown_field_lists_known(tmp_path: Path) -> None:
+    document = base_config()
+    document["bundles"]["trust"]["zzz"] = 1
+
+    assert (
+        "bundles.trust.zzz: unknown field (known: authorities, format, "
+        "refresh_hint, targets)" in problems_of(tmp_path, document)
+    )
+
+
+def test_hyphenated_names_kept(tmp_path: Path) -> None:
+    document = base_config()
+    document["authorities"]["issuing-eu"] = document["authorities"].pop("issuing")
+    document["authorities"]["issuing-eu"]["renew_befor"] = "1y"
+    del document["authorities"]["issuing-eu"]["subject"]
+    document["bundles"]["trust-all"] = document["bundles"].pop("trust")
+    document["bundles"]["trust-all"]["format"] = "p7b"
+
+    problems = problems_of(tmp_path, document)
+
+    assert (
+        "authorities.issuing-eu.renew_befor: unknown field; did you mean "
+        "'renew_before'?" in problems
+    )
+    assert "authorities.issuing-eu.subject: missing: this field is required" in problems
+    assert (
+        "bundles.trust-all.format: must be 'pem', 'der', 'pkcs7' or 'spiffe' "
+        "(got 'p7b')" in problems
+    )
+
+
+def test_union_member_names_hidden(tmp_path: Path) -> None:
+    document = base_config()
+    document["authorities"]["root"]["key"] = "ec-p265"
+
+    [problem] = [
+        line
+        for line in problems_of(tmp_path, document)
+        if line.startswith("authorities.root.key")
+    ]
+    assert problem.startswith("authorities.root.key: must be 'ec-p256'")
+    assert "or must be a mapping (got 'ec-p265')" in problem
+    assert "KeyAdoption" not in problem
+    assert "Input should be" not in problem
+
+
+def test_plugin_problems_listed_with_others(tmp_path: Path) -> None:
+    document = base_config()
+    document["authorities"]["root"]["valdity"] = "1y"
+    document["providers"]["disk"]["pth"] = "keys"
+
+    problems = problems_of(tmp_path, document)
+
+    assert any(line.startswith("authorities.root.valdity:") for line in problems)
+    assert "providers.disk.pth: unknown field; did you mean 'path'?" in problems
+
+
+def test_pattern_message_not_name_rule(tmp_path: Path) -> None:
+    document = base_config()
+    document["targets"]["bucket"] = {
+        "type": "s3",
+        "bucket": "Not A Bucket",
+        "region": "us-east-1",
+    }
+
+    [problem] = [
+        line for line in problems_of(tmp_path, document) if "bucket.bucket" in line
+    ]
+    assert "invalid name: use 1 to 48" not in problem
+    assert "must match the pattern" in problem
 
 
 def test_invalid_name_constraint(tmp_path: Path) -> None:
