@@ -469,6 +469,56 @@ def _kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def leftover_processes(paths: DevPaths) -> list[int]:
+    """Return the live Azurite processes that a killed dev process of ``paths`` left.
+
+    Azurite runs as a child process of dev serve, which stops it on SIGTERM.
+    After a SIGKILL, or a crash, Azurite keeps running and keeps its port.
+    It is recognised by its ``--location`` argument, the Azurite directory in
+    ``.pkifed/dev``, which no other program uses. Call this only while no dev
+    process of ``paths`` runs, or it returns that process's Azurite too.
+    Without ``/proc`` it returns nothing.
+    """
+    location = os.fsencode(paths.azurite_data)
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if state in ("Z", "X") or b"--location" not in arguments:
+            continue
+        value = arguments.index(b"--location") + 1
+        if value < len(arguments) and arguments[value] == location:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _stop_leftovers(paths: DevPaths, echo: Echo) -> None:
+    """Kill what a killed dev process left running, so its ports are freed.
+
+    Raises:
+        LocalServiceError: a process did not exit within 5 s of SIGKILL.
+    """
+    leftovers = leftover_processes(paths)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    remaining = leftovers
+    deadline = time.monotonic() + 5.0
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.05)
+        remaining = [pid for pid in remaining if pid in leftover_processes(paths)]
+    if remaining:
+        raise LocalServiceError(
+            f"Azurite process {remaining[0]}, left by local services that died, "
+            "did not exit after SIGKILL"
+        )
+    for pid in leftovers:
+        echo(f"Stopped process {pid} (Azurite), left by local services that died.")
+
+
 def read_endpoints(paths: DevPaths) -> dict[str, str]:
     """Return the URL of each service whose endpoint file exists."""
     endpoints = {}
@@ -543,6 +593,7 @@ def _start_unless_running(
     _check_dependencies()
     if pid is not None:
         echo(f"The pid file names process {pid}, which is no longer running.")
+    _stop_leftovers(paths, echo)
     removed = remove_directory(paths)
     if removed:
         echo(f"Removed what an earlier run left in {_shown(paths.root)}: {removed}")
@@ -779,6 +830,7 @@ def _stop(paths: DevPaths, echo: Echo) -> None:
         echo(f"No local services are running: process {pid} is gone.")
     else:
         echo(f"No local services are running for {_shown(paths.config)}.")
+    _stop_leftovers(paths, echo)
     removed = remove_directory(paths)
     if removed:
         echo(f"Removed {_shown(paths.root)}: {removed}")
@@ -829,6 +881,11 @@ def status(config: Path, echo: Echo) -> int:
     if pid is None or not is_running(pid, paths):
         note = "" if pid is None else f" (the pid file names process {pid}, now gone)"
         echo(f"Local services for {_shown(paths.config)}: not running{note}.")
+        for leftover in leftover_processes(paths):
+            echo(
+                f"  process {leftover} (Azurite), left by local services that died, "
+                "is still running; pkifed dev down or up stops it"
+            )
         return NOT_RUNNING_EXIT
     started = datetime.datetime.fromtimestamp(
         paths.pid_file.stat().st_mtime, datetime.UTC

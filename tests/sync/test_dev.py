@@ -13,10 +13,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,6 +505,46 @@ def test_concurrent_up_starts_once(federation: Federation) -> None:
     for output in outputs:
         for service in SERVICES:
             assert f"{service:<15} {federation.endpoint(service)}" in output, output
+
+
+def test_killed_services_leave_nothing(federation: Federation) -> None:
+    # SIGKILL gives dev serve no chance to stop Azurite, its child process.
+    first = _kill_services(federation)
+    status = federation.run("dev", "status")
+    started = federation.run("dev", "up")
+    second = _kill_services(federation)
+    stopped = federation.run("dev", "down")
+
+    assert first, "the dev process had no child process"
+    assert status.returncode == 3, output_of(status)
+    for member in first:
+        assert f"process {member} " in status.stdout, output_of(status)
+    assert started.returncode == 0, output_of(started)
+    assert stopped.returncode == 0, output_of(stopped)
+    for member in first | second:
+        assert not _alive(member), member
+    assert not federation.paths.root.exists()
+
+
+def _kill_services(federation: Federation) -> set[int]:
+    """SIGKILL the dev process; return the processes it leaves running."""
+    pid = federation.pid()
+    tree = process_tree(pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while is_running(pid, federation.paths) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_running(pid, federation.paths)
+    return {member for member in tree - {pid} if _alive(member)}
+
+
+def _alive(pid: int) -> bool:
+    """Return whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def _dead_pid() -> int:
