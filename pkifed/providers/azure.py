@@ -485,6 +485,10 @@ class AzureKeyVaultProvider(KeyProvider):
 
     # --- KeyProvider ---------------------------------------------------------
 
+    @classmethod
+    def offered_algorithms(cls, settings: ProviderSettings) -> frozenset[KeyAlgorithm]:
+        return _SUPPORTED
+
     def supported_algorithms(self) -> frozenset[KeyAlgorithm]:
         return _SUPPORTED
 

@@ -716,3 +716,13 @@ def test_wrong_digest_length_rejected(
 
     assert status == 400
     assert "32 bytes" in response_body["error"]["message"]
+
+
+def test_offered_matches_supported(vault: AzureKeyVaultFake, token_file: Path) -> None:
+    provider = make_provider(vault, token_file)
+    try:
+        offered = AzureKeyVaultProvider.offered_algorithms(provider.settings)
+        assert offered == provider.supported_algorithms()
+    finally:
+        provider.close()
+    assert not any(str(algorithm).startswith("ml-dsa") for algorithm in offered)
