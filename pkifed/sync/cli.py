@@ -132,9 +132,10 @@ def validate(config_path: Path) -> None:
     config = load_config(config_path)
     model = config.model
     click.echo(
-        f"{config.path}: valid: {len(model.providers)} providers, "
-        f"{len(model.authorities)} authorities, {len(model.targets)} targets, "
-        f"{len(model.bundles)} bundles"
+        f"{config.path}: valid: {_count(len(model.providers), 'provider')}, "
+        f"{_count(len(model.authorities), 'authority', 'authorities')}, "
+        f"{_count(len(model.targets), 'target')}, "
+        f"{_count(len(model.bundles), 'bundle')}"
     )
 
 

@@ -365,8 +365,9 @@ class Reconciler:
         return Action(
             ActionKind.CREATE_KEY,
             subject,
-            f"{revoked}; a revoked authority gets a new key: creating a "
-            f"{authority.algorithm} key in provider {authority.provider}",
+            f"{revoked}; a revoked authority gets a new key: creating "
+            f"{_with_article(str(authority.algorithm))} key in provider "
+            f"{authority.provider}",
             authority=name,
         )
 
@@ -443,7 +444,8 @@ class Reconciler:
         return Action(
             ActionKind.CREATE_KEY,
             subject,
-            f"{reason}; creating a {authority.algorithm} key in provider "
+            f"{reason}; creating {_with_article(str(authority.algorithm))} key in "
+            "provider "
             f"{authority.provider}",
             authority=name,
         )
@@ -949,7 +951,7 @@ class Reconciler:
             )
 
         self._writer.write(write)
-        return f"key {info.uri} ({info.protection_level})"
+        return f"key {info.uri} (protection level {info.protection_level})"
 
     def _issue(self, name: str) -> str:
         authority = self.model.authorities[name]
@@ -1305,6 +1307,16 @@ _STATUS_OF_OUTCOME: dict[str, Literal["ok", "failed", "blocked"]] = {
     "failed": "failed",
     "skipped": "blocked",
 }
+
+
+def _with_article(name: str) -> str:
+    """Prefix an algorithm name with "a" or "an" as it is read aloud.
+
+    The names are spelled out letter by letter ("an EC-P256", "an RSA-2048"),
+    so the article follows the sound of the first letter's name.
+    """
+    article = "an" if name[:1] in "aefhilmnorsx" else "a"
+    return f"{article} {name}"
 
 
 def _plural(number: int, singular: str, plural: str) -> str:

@@ -505,7 +505,7 @@ def test_plan_json_format(federation: Federation) -> None:
     assert document["actions"][0] == {
         "kind": "create-key",
         "object": "authority root",
-        "reason": "missing; creating a ec-p384 key in provider disk",
+        "reason": "missing; creating an ec-p384 key in provider disk",
         "authority": "root",
         "target": None,
         "object_name": None,
