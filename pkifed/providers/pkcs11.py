@@ -355,6 +355,19 @@ class Pkcs11Provider(KeyProvider):
         hint = f"; {mapping.hint}" if mapping.hint else ""
         if mapping.error is AccessDeniedError:
             hint += f" ({self._settings.pin.reference})"
+        if isinstance(error, p11.NoSuchToken) and "softhsm" in str(
+            self._settings.module
+        ):
+            # SoftHSM2 finds its tokens through the file SOFTHSM2_CONF names, so
+            # a shell without that variable sees another token directory.
+            configured = os.environ.get("SOFTHSM2_CONF")
+            hint += (
+                f", and that SOFTHSM2_CONF ({configured}) names the configuration "
+                "of the token directory that contains it"
+                if configured
+                else ", and set SOFTHSM2_CONF to the configuration file of the "
+                "token directory that contains it (it is unset)"
+            )
         message = (
             f"provider {self.name!r} (pkcs11): {action} {target} failed: "
             f"{mapping.code}{hint}"

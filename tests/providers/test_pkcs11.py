@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -434,6 +436,19 @@ def test_ed25519_point_both_encodings() -> None:
 def test_ec_point_bad_length(value: bytes) -> None:
     with pytest.raises(ProviderPermanentError):
         decode_ec_point(value, KeyAlgorithm.EC_P256)
+
+
+def test_missing_token_names_softhsm_config(tokens: Tokens) -> None:
+    absent = dataclasses.replace(tokens.main, label="pkifed-absent")
+    provider = make_provider(absent)
+    try:
+        with pytest.raises(ProviderPermanentError) as raised:
+            provider.find_key("root")
+    finally:
+        provider.close()
+    message = str(raised.value)
+    assert "no token with this label" in message
+    assert f"SOFTHSM2_CONF ({os.environ['SOFTHSM2_CONF']})" in message
 
 
 # --- error table --------------------------------------------------------------------
