@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from pkifed.loopback import is_loopback_url
 from pkifed.providers.localservices import DEV_EXTRA_HINT, LocalServiceError
 from pkifed.providers.localservices.azurite import INSTALL_HINT, azurite_command
 
@@ -77,6 +78,10 @@ LOCK_TIMEOUT = STARTUP_TIMEOUT + 2 * SHUTDOWN_TIMEOUT
 # seconds. dev up writes it as soon as the process exists, so the wait is
 # longer than a few milliseconds only on a stalled machine.
 OWNER_TIMEOUT = 10.0
+
+# What dev status and dev up report for an endpoint file whose URL is not on
+# a loopback address.
+NOT_LOOPBACK = "not a loopback address, so not contacted"
 
 # Exit status of dev status when no services are running (the LSB convention).
 NOT_RUNNING_EXIT = 3
@@ -553,6 +558,10 @@ def probe(url: str, ca_file: Path | None = None, timeout: float = 2.0) -> str | 
 
 
 def _probe_service(paths: DevPaths, service: str, url: str) -> str | None:
+    # The services listen on 127.0.0.1 only, so another address comes from an
+    # edited endpoint file, and pkifed sends nothing to it.
+    if not is_loopback_url(url):
+        return NOT_LOOPBACK
     ca_file = paths.keyvault_ca if service == "azure-keyvault" else None
     return probe(url, ca_file)
 
@@ -737,6 +746,10 @@ def _wait_for_services(
     for service in SERVICES:
         url = _wait_for_endpoint(paths, process, service, deadline)
         problem = _probe_service(paths, service, url)
+        if problem == NOT_LOOPBACK:
+            raise LocalServiceError(
+                f"{_shown(paths.endpoint(service))} contains {url}: {problem}"
+            )
         while problem is not None and time.monotonic() < deadline:
             # A later service may fail meanwhile, and its failure stops this one.
             if process.poll() is not None:

@@ -314,6 +314,22 @@ def test_status_while_running(federation: Federation) -> None:
     assert result.stdout.count(" responds") == len(SERVICES)
 
 
+def test_status_skips_edited_endpoint(federation: Federation) -> None:
+    endpoint = federation.paths.endpoint("s3")
+    original = endpoint.read_text(encoding="utf-8")
+    # 0.0.0.0 is not a loopback address, yet a connection to it stays on this
+    # machine, so no request leaves it whatever dev status does.
+    edited = f"http://0.0.0.0:{port_of(original.strip())}"
+    endpoint.write_text(f"{edited}\n", encoding="utf-8")
+    try:
+        result = federation.run("dev", "status")
+    finally:
+        endpoint.write_text(original, encoding="utf-8")
+
+    assert result.returncode == 1, output_of(result)
+    assert f"{edited}  not a loopback address, so not contacted" in result.stdout
+
+
 def test_other_file_same_directory_rejected(federation: Federation) -> None:
     pid = federation.pid()
     shutil.copy(federation.config, federation.directory / "other.yaml")
