@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import ssl
@@ -452,7 +453,7 @@ def _check_owner(pid: int | None, paths: DevPaths) -> None:
     if owner is not None and owner != paths.config:
         raise LocalServiceError(
             f"{_shown(paths.root)} belongs to the local services of {_shown(owner)} "
-            f"(process {pid}); stop them first with pkifed dev down -c {_shown(owner)}"
+            f"(process {pid}); stop them first with {_down_command(owner)}"
         )
 
 
@@ -573,6 +574,11 @@ def _shown(path: Path) -> str:
     return str(path)
 
 
+def _down_command(config: Path) -> str:
+    """Return the dev down command for ``config``, quoted for a POSIX shell."""
+    return f"pkifed dev down -c {shlex.quote(_shown(config))}"
+
+
 # --- dev up ---------------------------------------------------------------------------
 
 
@@ -625,7 +631,7 @@ def _start_unless_running(
         f"Local services running as process {process.pid}; endpoint files are in "
         f"{_shown(paths.endpoints)}."
     )
-    echo(f"Stop them with: pkifed dev down -c {_shown(paths.config)}")
+    echo(f"Stop them with: {_down_command(paths.config)}")
 
 
 @contextlib.contextmanager

@@ -118,7 +118,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             "pkifed dev needs Azurite, which needs Node.js and npm; install them "
             "and run PKIFED_EXTRAS=dev bash scripts/setup.sh"
         )
-    directory = tmp_path_factory.mktemp("multicloud")
+    # The space checks that paths reach every command and message intact.
+    directory = tmp_path_factory.mktemp("multi cloud")
     shutil.copy(EXAMPLE, directory / "multicloud.yaml")
     softhsm = SoftHsm(directory / ".pkifed" / "softhsm")
     softhsm.add_token("pkifed-multicloud", pin=HSM_PIN)
@@ -354,6 +355,25 @@ def test_other_file_same_directory_rejected(federation: Federation) -> None:
     assert federation.pid() == pid
     for service in SERVICES:
         assert federation.paths.endpoint(service).exists(), service
+
+
+def test_hints_quote_paths(federation: Federation) -> None:
+    shutil.copy(federation.config, federation.directory / "other.yaml")
+    name = federation.directory.name
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pkifed", "dev", "up", "-c", f"{name}/other.yaml"],
+        cwd=federation.directory.parent,
+        env=federation.environment,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert " " in name
+    assert result.returncode == 1, output_of(result)
+    assert f"pkifed dev down -c '{name}/multicloud.yaml'" in result.stderr
 
 
 # --- the example on top ---------------------------------------------------------------
