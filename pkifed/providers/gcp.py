@@ -256,6 +256,24 @@ def _call_error_status(error: Any) -> str:
     return _HTTP_STATUSES.get(int(error.code or 0), "UNKNOWN")
 
 
+def _is_connection_failure(error: Exception) -> bool:
+    """Whether ``error`` means no connection to the service could be made."""
+    import requests
+
+    if isinstance(error, requests.ConnectionError) and not isinstance(
+        error, requests.Timeout
+    ):
+        return True
+    cause = error.__cause__ or error.__context__
+    return (
+        cause is not None
+        and cause is not error
+        and _is_connection_failure(
+            cause  # type: ignore[arg-type]
+        )
+    )
+
+
 class _PendingKeyError(ProviderTemporaryError):
     """A key version that is still being generated or imported."""
 
@@ -450,6 +468,11 @@ class GcpKmsProvider(KeyProvider):
     ) -> ProviderError:
         error_type = _ERRORS.get(status, ProviderPermanentError)
         message = getattr(error, "message", None) or str(error)
+        if _is_connection_failure(error):
+            # The transport's own text repeats the whole request URL and
+            # urllib3's internals; the endpoint is what the reader needs.
+            endpoint = self.settings.endpoint or "https://cloudkms.googleapis.com"
+            message = f"cannot connect to {endpoint}"
         return error_type(
             f"provider {self.name!r} (gcp-kms): {action} {uri} failed with {status}: "
             f"{message}"

@@ -593,3 +593,22 @@ def test_fake_crc32c_matches_reference() -> None:
 def test_fake_loopback_only() -> None:
     with pytest.raises(ValueError, match="loopback"):
         FakeCloudKms(host="0.0.0.0")  # noqa: S104 - the address is the rejected case.
+
+
+def test_refused_connection_names_endpoint(fake: FakeCloudKms) -> None:
+    import socket
+
+    # A port that was just free and is closed again refuses connections.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    provider = make_provider(fake, endpoint=endpoint)
+    try:
+        with pytest.raises(ProviderTemporaryError) as raised:
+            provider.find_key("absent")
+    finally:
+        provider.close()
+    message = str(raised.value)
+    assert f"failed with UNAVAILABLE: cannot connect to {endpoint}" in message
+    assert "HTTPConnectionPool" not in message
