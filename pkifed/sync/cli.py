@@ -9,7 +9,7 @@ import re
 import socket
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pkifed.config.loader import LoadedConfig
     from pkifed.federation.runtime import Runtime
     from pkifed.federation.store import Store
-    from pkifed.sync.plan import Plan
+    from pkifed.sync.plan import Plan, PlanProblem
     from pkifed.sync.reconcile import ActionOutcome
 
 # Choices shown in --help; tests check they equal the lists the modules define.
@@ -168,8 +168,7 @@ def _print_plan_text(result: Plan) -> None:
         click.echo(f"  {action}")
     for entry in result.waiting:
         click.echo(f"  waiting: {entry}")
-    for problem in result.problems:
-        click.echo(f"  blocked: {problem}", err=True)
+    _print_problems(result.problems)
     if result.empty and not result.problems:
         click.echo(f"No changes: federation {result.federation} is up to date.")
     else:
@@ -177,6 +176,36 @@ def _print_plan_text(result: Plan) -> None:
             f"Plan: {_count(len(result.actions), 'action')}, "
             f"{len(result.waiting)} waiting for a later pass, "
             f"{len(result.problems)} blocked."
+        )
+
+
+# An object waiting for its authority's certificate or CRL repeats its
+# authority's problem, so past this many they are summed up in one line.
+_MAX_LISTED_UNPUBLISHED = 5
+
+
+def _waits_for_authority(problem: PlanProblem) -> bool:
+    message = problem.message
+    return message.startswith("not published: no certificate for") or (
+        message.startswith("not published:")
+        and message.endswith("has not signed a CRL yet")
+    )
+
+
+def _print_problems(problems: Sequence[PlanProblem]) -> None:
+    unpublished = [p for p in problems if _waits_for_authority(p)]
+    listed = problems if len(unpublished) <= _MAX_LISTED_UNPUBLISHED else None
+    for problem in listed or [p for p in problems if p not in unpublished]:
+        click.echo(f"  blocked: {problem}", err=True)
+    if listed is None:
+        targets = sorted(
+            {p.object.split(":")[0].removeprefix("target ") for p in unpublished}
+        )
+        click.echo(
+            f"  blocked: {len(unpublished)} objects on targets {', '.join(targets)} "
+            "are not published until their authorities have certificates and "
+            "CRLs; plan --json lists each",
+            err=True,
         )
 
 
@@ -234,8 +263,7 @@ def apply(config_path: Path) -> None:
         return
     for entry in last.plan.waiting:
         click.echo(f"  waiting: {entry}")
-    for problem in last.plan.problems:
-        click.echo(f"  blocked: {problem}", err=True)
+    _print_problems(last.plan.problems)
     done = sum(1 for r in applied for o in r.outcomes if o.outcome == "done")
     failed = sum(len(r.failed) for r in applied)
     passes = _count(len(applied), "pass", "passes")
