@@ -602,7 +602,10 @@ def _start_unless_running(
 ) -> None:
     pid = read_pid(paths)
     if pid is not None and is_running(pid, paths):
-        _echo_already_running(paths, pid, echo)
+        if len(read_endpoints(paths)) < len(SERVICES):
+            _wait_for_started(paths, pid, buckets, echo)
+        else:
+            _echo_already_running(paths, pid, echo)
         return
     _check_owner(pid, paths)
     _check_dependencies()
@@ -623,7 +626,7 @@ def _start_unless_running(
             f"cannot start the local services in {_shown(paths.root)}: {error.strerror}"
         ) from None
     try:
-        _wait_for_services(paths, process, buckets, echo)
+        _wait_for_services(paths, _child_exit(process), buckets, echo)
     except BaseException:
         _stop_failed_start(paths, process)
         raise
@@ -684,6 +687,21 @@ def _lock(descriptor: int, paths: DevPaths, echo: Echo) -> None:
         time.sleep(0.1)
 
 
+def _wait_for_started(
+    paths: DevPaths, pid: int, buckets: dict[str, list[str]], echo: Echo
+) -> None:
+    """Wait for services that a dev up killed while they started left starting."""
+    echo(
+        f"Local services for {_shown(paths.config)} are starting as process {pid}; "
+        "waiting for them"
+    )
+    _wait_for_services(paths, _process_exit(pid, paths), buckets, echo)
+    echo(
+        f"Local services running as process {pid}; endpoint files are in "
+        f"{_shown(paths.endpoints)}."
+    )
+
+
 def _echo_already_running(paths: DevPaths, pid: int, echo: Echo) -> None:
     echo(f"Local services for {_shown(paths.config)} are already running (pid {pid}):")
     for service, url in read_endpoints(paths).items():
@@ -742,15 +760,31 @@ def _spawn(paths: DevPaths) -> subprocess.Popen[bytes]:
     return process
 
 
+# Returns None while the dev process runs, else how it ended, for messages.
+ExitCheck = Callable[[], str | None]
+
+
+def _child_exit(process: subprocess.Popen[bytes]) -> ExitCheck:
+    def check() -> str | None:
+        status = process.poll()
+        return None if status is None else f"the process exited with status {status}"
+
+    return check
+
+
+def _process_exit(pid: int, paths: DevPaths) -> ExitCheck:
+    return lambda: None if is_running(pid, paths) else f"process {pid} exited"
+
+
 def _wait_for_services(
     paths: DevPaths,
-    process: subprocess.Popen[bytes],
+    exited: ExitCheck,
     buckets: dict[str, list[str]],
     echo: Echo,
 ) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     for service in SERVICES:
-        url = _wait_for_endpoint(paths, process, service, deadline)
+        url = _wait_for_endpoint(paths, exited, service, deadline)
         problem = _probe_service(paths, service, url)
         if problem == NOT_LOOPBACK:
             raise LocalServiceError(
@@ -758,8 +792,9 @@ def _wait_for_services(
             )
         while problem is not None and time.monotonic() < deadline:
             # A later service may fail meanwhile, and its failure stops this one.
-            if process.poll() is not None:
-                raise LocalServiceError(_startup_failure(paths, process.returncode))
+            ended = exited()
+            if ended is not None:
+                raise LocalServiceError(_startup_failure(paths, ended))
             time.sleep(0.05)
             problem = _probe_service(paths, service, url)
         if problem is not None:
@@ -774,12 +809,13 @@ def _wait_for_services(
 
 
 def _wait_for_endpoint(
-    paths: DevPaths, process: subprocess.Popen[bytes], service: str, deadline: float
+    paths: DevPaths, exited: ExitCheck, service: str, deadline: float
 ) -> str:
     endpoint = paths.endpoint(service)
     while not endpoint.exists():
-        if process.poll() is not None:
-            raise LocalServiceError(_startup_failure(paths, process.returncode))
+        ended = exited()
+        if ended is not None:
+            raise LocalServiceError(_startup_failure(paths, ended))
         if time.monotonic() > deadline:
             raise LocalServiceError(
                 f"local service {service} did not start within "
@@ -789,11 +825,11 @@ def _wait_for_endpoint(
     return endpoint.read_text(encoding="utf-8").strip()
 
 
-def _startup_failure(paths: DevPaths, status: int | None) -> str:
+def _startup_failure(paths: DevPaths, ended: str) -> str:
     try:
         reason = paths.startup_error.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        reason = f"the process exited with status {status}"
+        reason = ended
     return (
         f"local services failed to start: {reason}. The services that had started "
         f"were stopped; see {_shown(paths.log_file)}"

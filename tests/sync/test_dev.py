@@ -562,6 +562,31 @@ def test_killed_services_leave_nothing(federation: Federation) -> None:
     assert not federation.paths.root.exists()
 
 
+def test_up_waits_for_starting_services(federation: Federation) -> None:
+    stopped = federation.run("dev", "down")
+    # A dev up killed once the pid file exists leaves its services starting.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pkifed", "dev", "up", "-c", "multicloud.yaml"],
+        cwd=federation.directory,
+        env=federation.environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not federation.paths.pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.kill()
+    first.wait()
+
+    again = federation.run("dev", "up")
+
+    assert stopped.returncode == 0, output_of(stopped)
+    assert again.returncode == 0, output_of(again)
+    for service in SERVICES:
+        assert federation.paths.endpoint(service).exists(), output_of(again)
+        assert f"{service:<15} {federation.endpoint(service)}" in again.stdout
+
+
 def _kill_services(federation: Federation) -> set[int]:
     """SIGKILL the dev process; return the processes it leaves running."""
     pid = federation.pid()
