@@ -445,12 +445,16 @@ def _check_owner(pid: int | None, paths: DevPaths) -> None:
     """Raise if ``.pkifed/dev`` belongs to the dev process of another file.
 
     Two federation files in one directory share ``.pkifed/dev``, so the
-    services of one must be stopped before the other's start or stop.
+    services of one must be stopped before the other's start or stop. The
+    dev process of a file in another directory uses another ``.pkifed/dev``,
+    so it has a reused id and the pid file is stale.
     """
     if pid is None:
         return
     owner = serving_config(pid, paths)
-    if owner is not None and owner != paths.config:
+    if owner is None or owner == paths.config:
+        return
+    if DevPaths.beside(owner).root == paths.root:
         raise LocalServiceError(
             f"{_shown(paths.root)} belongs to the local services of {_shown(owner)} "
             f"(process {pid}); stop them first with {_down_command(owner)}"

@@ -357,6 +357,32 @@ def test_other_file_same_directory_rejected(federation: Federation) -> None:
         assert federation.paths.endpoint(service).exists(), service
 
 
+def test_pid_of_other_directory_stale(federation: Federation, tmp_path: Path) -> None:
+    # The pid file of another directory names this module's dev process, as
+    # when a stale pid is reused. Those services use another .pkifed/dev.
+    shutil.copy(federation.config, tmp_path / "multicloud.yaml")
+    paths = DevPaths.beside(tmp_path / "multicloud.yaml")
+    paths.root.mkdir(parents=True)
+    paths.pid_file.write_text(f"{federation.pid()}\n", encoding="utf-8")
+    results = {
+        command: subprocess.run(
+            [sys.executable, "-m", "pkifed", "dev", command, "-c", "multicloud.yaml"],
+            cwd=tmp_path,
+            env=federation.environment,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        for command in ("status", "down")
+    }
+
+    assert results["status"].returncode == 3, output_of(results["status"])
+    assert results["down"].returncode == 0, output_of(results["down"])
+    assert not paths.root.exists()
+    assert is_running(federation.pid(), federation.paths)
+
+
 def test_hints_quote_paths(federation: Federation) -> None:
     shutil.copy(federation.config, federation.directory / "other.yaml")
     name = federation.directory.name
