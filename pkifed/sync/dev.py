@@ -694,7 +694,7 @@ def _lock(descriptor: int, paths: DevPaths, echo: Echo) -> None:
 def _wait_for_started(
     paths: DevPaths, pid: int, buckets: dict[str, list[str]], echo: Echo
 ) -> None:
-    """Wait for services that a dev up killed while they started left starting."""
+    """Wait for the services of an earlier dev up that was killed as they started."""
     echo(
         f"Local services for {_shown(paths.config)} are starting as process {pid}; "
         "waiting for them"
