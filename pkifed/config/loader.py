@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from pkifed.config.names import parse_general_name, parse_subject
 from pkifed.config.problems import validation_problems
-from pkifed.config.references import expand_references
+from pkifed.config.references import conceal_expanded, expand_references
 from pkifed.config.schema import AuthorityConfig, FederationConfig
 from pkifed.errors import ConfigError, PluginError, Problem
 from pkifed.providers.base import KeyProvider
@@ -126,13 +126,16 @@ def _validate_plugin(
             Problem(f"{path}.type", f"plugin {type_name!r} is not a {base.__name__}")
         ]
     settings_model: type[BaseModel] = getattr(plugin, "settings_model", BaseModel)
-    raw, problems = expand_references(raw, settings_model, path, base_dir)
+    expanded, problems = expand_references(raw, settings_model, path, base_dir)
     if problems:
         return None, problems
     try:
-        settings = settings_model.model_validate(raw, context={"base_dir": base_dir})
+        settings = settings_model.model_validate(
+            expanded, context={"base_dir": base_dir}
+        )
     except ValidationError as error:
-        return None, validation_problems(error, raw, settings_model, path)
+        problems = validation_problems(error, expanded, settings_model, path)
+        return None, conceal_expanded(problems, raw, expanded)
     for field, value in settings:
         if check_secrets and isinstance(value, SecretRef):
             message = value.check()

@@ -27,7 +27,8 @@ _NAME_RULE = (
 # an invalid secret reference may be a secret typed in by mistake.
 _QUIET = {"missing", SECRET_ERROR_TYPE}
 
-_MAX_SHOWN = 80
+# How many characters of a value a message shows at most.
+MAX_SHOWN = 80
 
 
 def validation_problems(
@@ -104,8 +105,8 @@ def _message(
         value = item["input"]
         shown = repr(value)
         if not isinstance(value, dict | list) and shown not in message:
-            if len(shown) > _MAX_SHOWN:
-                shown = shown[: _MAX_SHOWN - 3] + "..."
+            if len(shown) > MAX_SHOWN:
+                shown = shown[: MAX_SHOWN - 3] + "..."
             message = f"{message} (got {shown})"
     return message
 

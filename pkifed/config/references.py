@@ -18,6 +18,7 @@ removed, because editors and ``echo`` add them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import types
@@ -27,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pkifed.config.problems import MAX_SHOWN
 from pkifed.errors import Problem
 from pkifed.secrets import (
     MAX_REFERENCED_FILE,
@@ -153,7 +155,58 @@ def _read_file(target: str, base_dir: Path) -> str:
     path = Path(target).expanduser()
     if not path.is_absolute():
         path = base_dir / path
+    if not path.exists() and _in_dev_directory(path):
+        # pkifed dev up writes the files under .pkifed/dev that a federation
+        # file refers to, and pkifed dev down removes them.
+        raise ValueError(
+            f"{path} does not exist; run pkifed dev up with this configuration "
+            "file, which writes it when it starts the local services"
+        )
     text = read_referenced_file(path)
     if not text.strip():
         raise ValueError(f"{path} is empty")
     return text
+
+
+def _in_dev_directory(path: Path) -> bool:
+    parts = path.parts
+    return any(
+        (first, second) == (".pkifed", "dev")
+        for first, second in itertools.pairwise(parts)
+    )
+
+
+def conceal_expanded(problems: list[Problem], raw: Any, expanded: Any) -> list[Problem]:
+    """Show each reference instead of its value in ``problems``' messages.
+
+    A setting that fails validation after expansion may have read the wrong
+    file, such as a token file named where a URL belongs, so its content is
+    never repeated, whole or cut short, in a message.
+    """
+    replacements = sorted(
+        _replacements(raw, expanded), key=lambda pair: len(pair[1]), reverse=True
+    )
+    concealed = []
+    for problem in problems:
+        message = problem.message
+        for reference, value in replacements:
+            if not value:
+                # Expansion rejects empty values, and "" would match everywhere.
+                continue
+            shown = repr(value)
+            message = message.replace(shown, reference)
+            message = message.replace(shown[: MAX_SHOWN - 3] + "...", reference)
+            message = message.replace(value, reference)
+        concealed.append(Problem(problem.path, message))
+    return concealed
+
+
+def _replacements(raw: Any, expanded: Any) -> typing.Iterator[tuple[str, str]]:
+    if isinstance(raw, dict) and isinstance(expanded, dict):
+        for key, value in raw.items():
+            yield from _replacements(value, expanded.get(key))
+    elif isinstance(raw, list) and isinstance(expanded, list):
+        for before, after in zip(raw, expanded, strict=False):
+            yield from _replacements(before, after)
+    elif isinstance(raw, str) and isinstance(expanded, str) and raw != expanded:
+        yield raw.strip(), expanded

@@ -389,3 +389,19 @@ def test_aliased_secret_left_unresolved(tmp_path: Path) -> None:
     assert "api-token" in secret_fields(_AliasedSettings)
     assert problems == []
     assert expanded == raw
+
+
+def test_invalid_value_not_repeated(tmp_path: Path) -> None:
+    token = "vault-token-" + "x" * 100
+    (tmp_path / "token").write_text(token, encoding="utf-8")
+    problems = problems_of(write(tmp_path, with_s3("trust", "${file:token}")))
+    message = problems["targets.bucket.endpoint_url"]
+    assert "${file:token}" in message
+    assert "vault-token-" not in message
+
+
+def test_missing_dev_file_says_dev_up(tmp_path: Path) -> None:
+    document = with_s3("trust", "${file:.pkifed/dev/endpoints/s3}")
+    problems = problems_of(write(tmp_path, document))
+    message = problems["targets.bucket.endpoint_url"]
+    assert "does not exist; run pkifed dev up with this configuration" in message
