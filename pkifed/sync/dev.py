@@ -609,6 +609,7 @@ def _start_unless_running(
         if len(read_endpoints(paths)) < len(SERVICES):
             _wait_for_started(paths, pid, buckets, echo)
         else:
+            _check_responding(paths, pid)
             _echo_already_running(paths, pid, echo)
         return
     _check_owner(pid, paths)
@@ -704,6 +705,26 @@ def _wait_for_started(
         f"Local services running as process {pid}; endpoint files are in "
         f"{_shown(paths.endpoints)}."
     )
+
+
+def _check_responding(paths: DevPaths, pid: int) -> None:
+    """Raise when a service of the running process has stopped responding.
+
+    Azurite is a child process that can die on its own while dev serve lives
+    on, so a running process does not prove that every service works.
+    """
+    silent = []
+    for service, url in read_endpoints(paths).items():
+        problem = _probe_service(paths, service, url)
+        if problem is not None:
+            silent.append(f"{service} ({problem})")
+    if silent:
+        config = shlex.quote(_shown(paths.config))
+        raise LocalServiceError(
+            f"local services for {_shown(paths.config)} run as process {pid}, but "
+            f"these do not respond: {'; '.join(silent)}. Restart them with "
+            f"pkifed dev down -c {config} and pkifed dev up -c {config}"
+        )
 
 
 def _echo_already_running(paths: DevPaths, pid: int, echo: Echo) -> None:
@@ -963,5 +984,11 @@ def status(config: Path, echo: Echo) -> int:
             continue
         problem = _probe_service(paths, service, url)
         silent += problem is not None
-        echo(f"  {service:<15} {url}  {'responds' if problem is None else problem}")
+        if problem is None:
+            state = "responds"
+        elif problem == NOT_LOOPBACK:
+            state = problem
+        else:
+            state = f"not responding ({problem})"
+        echo(f"  {service:<15} {url}  {state}")
     return 1 if silent else 0

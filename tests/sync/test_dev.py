@@ -35,7 +35,7 @@ from pkifed.providers.localservices.aws import (
     client_environment,
 )
 from pkifed.providers.localservices.azurite import azurite_command
-from pkifed.sync.dev import SERVICES, DevPaths, is_running
+from pkifed.sync.dev import SERVICES, DevPaths, is_running, leftover_processes
 from tests.harness.gcs_storage import storage_client
 from tests.harness.softhsm import SoftHsm, require_softhsm
 
@@ -586,6 +586,32 @@ def test_killed_services_leave_nothing(federation: Federation) -> None:
     for member in first | second:
         assert not _alive(member), member
     assert not federation.paths.root.exists()
+
+
+def test_dead_azurite_reported(federation: Federation) -> None:
+    started = federation.run("dev", "up")
+    assert started.returncode == 0, output_of(started)
+    # While dev serve runs, the only process with its --location is its Azurite.
+    [azurite] = leftover_processes(federation.paths)
+    os.kill(azurite, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(azurite) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    status = federation.run("dev", "status")
+    again = federation.run("dev", "up")
+    stopped = federation.run("dev", "down")
+    restarted = federation.run("dev", "up")
+
+    assert status.returncode == 1, output_of(status)
+    [blob] = [line for line in status.stdout.splitlines() if "azure-blob" in line]
+    assert "not responding (" in blob
+    assert again.returncode != 0, output_of(again)
+    assert "these do not respond: azure-blob" in again.stderr, output_of(again)
+    assert "pkifed dev down -c" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert stopped.returncode == 0, output_of(stopped)
+    assert restarted.returncode == 0, output_of(restarted)
 
 
 def test_up_waits_for_starting_services(federation: Federation) -> None:
