@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -730,12 +732,41 @@ def _rowcount(session: Session, statement: Update) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+# How long a new connection keeps trying to switch a database to WAL while
+# another process holds a lock on it, in seconds.
+SQLITE_WAL_TIMEOUT = 30.0
+
+
 def _sqlite_pragmas(connection: Any, record: Any) -> None:
     cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
     # WAL keeps readers (reports) from blocking a running apply, and full
     # synchronous writes make a committed transaction survive a power loss.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _use_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the database to WAL unless it already is.
+
+    The mode is stored in the file, so only the first connection to a new
+    database changes it. That change needs an exclusive lock, and SQLite can
+    report "database is locked" at once instead of waiting for the busy
+    timeout, such as when two processes open a new store together, so the
+    switch is tried again until SQLITE_WAL_TIMEOUT passes.
+    """
+    deadline = time.monotonic() + SQLITE_WAL_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)

@@ -11,6 +11,7 @@ import datetime
 import logging
 import multiprocessing
 import socket
+import time
 from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -515,3 +516,35 @@ def test_password_never_in_messages(
     assert all("***" in message for message in messages)
     assert not [message for message in messages if PASSWORD in message]
     assert PASSWORD not in caplog.text
+
+
+@pytest.mark.slow
+def test_new_sqlite_store_waits_for_lock(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+
+    database = tmp_path / "state.db"
+    locked = threading.Event()
+
+    def hold_lock() -> None:
+        # Another process migrating a new store keeps its write lock this long
+        # on a loaded machine, beyond the sqlite3 module's 5 s default timeout.
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(6)
+        holder.execute("COMMIT")
+        holder.close()
+
+    thread = threading.Thread(target=hold_lock)
+    thread.start()
+    assert locked.wait(timeout=10)
+    store = Store(f"sqlite:///{database}")
+    try:
+        store.initialise()
+        with store.engine.connect() as connection:
+            mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+    finally:
+        store.close()
+        thread.join()
+    assert mode == "wal"
