@@ -1,7 +1,7 @@
 """Turning pydantic's validation errors into problems a user can act on.
 
 Each problem is located by the dotted path of the value in the file, such as
-``authorities.issuing-aws.renew_before``, and says what is wrong in plain words:
+``authorities.issuing-aws.renew_before``, and states what is wrong in plain words:
 which values are accepted, which field name was probably meant.
 """
 
@@ -59,8 +59,8 @@ def input_location(document: Any, location: tuple[Any, ...]) -> list[str]:
     """Return the parts of pydantic's ``location`` that are keys of ``document``.
 
     pydantic adds parts that name types, such as ``str-enum[KeyAlgorithm]`` or
-    ``KeyAdoption`` for a union member. They are told apart from the file's own
-    keys by walking ``document``: a part is kept when it is a key or index of
+    ``KeyAdoption`` for a union member. They are distinguished from the file's
+    own keys by walking ``document``: a part is kept when it is a key or index of
     the value reached so far, or a field name that a mapping lacks.
     """
     parts: list[str] = []
@@ -103,11 +103,11 @@ def _message(
         message = "must be " + message.removeprefix("Input should be ")
     if kind not in _QUIET and "input" in item:
         value = item["input"]
-        shown = repr(value)
-        if not isinstance(value, dict | list) and shown not in message:
-            if len(shown) > MAX_SHOWN:
-                shown = shown[: MAX_SHOWN - 3] + "..."
-            message = f"{message} (got {shown})"
+        value_text = repr(value)
+        if not isinstance(value, dict | list) and value_text not in message:
+            if len(value_text) > MAX_SHOWN:
+                value_text = value_text[: MAX_SHOWN - 3] + "..."
+            message = f"{message} (got {value_text})"
     return message
 
 

@@ -193,9 +193,10 @@ def conceal_expanded(problems: list[Problem], raw: Any, expanded: Any) -> list[P
             if not value:
                 # Expansion rejects empty values, and "" would match everywhere.
                 continue
-            shown = repr(value)
-            message = message.replace(shown, reference)
-            message = message.replace(shown[: MAX_SHOWN - 3] + "...", reference)
+            value_text = repr(value)
+            message = message.replace(value_text, reference)
+            cut = value_text[: MAX_SHOWN - 3] + "..."
+            message = message.replace(cut, reference)
             message = message.replace(value, reference)
         concealed.append(Problem(problem.path, message))
     return concealed

@@ -257,7 +257,7 @@ def _call_error_status(error: Any) -> str:
 
 
 def _is_connection_failure(error: Exception) -> bool:
-    """Whether ``error`` means no connection to the service could be made."""
+    """Return whether ``error`` means no connection to the service was made."""
     import requests
 
     if isinstance(error, requests.ConnectionError) and not isinstance(

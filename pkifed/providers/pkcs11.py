@@ -358,8 +358,8 @@ class Pkcs11Provider(KeyProvider):
         if isinstance(error, p11.NoSuchToken) and "softhsm" in str(
             self._settings.module
         ):
-            # SoftHSM2 finds its tokens through the file SOFTHSM2_CONF names, so
-            # a shell without that variable sees another token directory.
+            # SoftHSM2 reads its token directory from the file that SOFTHSM2_CONF
+            # names, so a shell without that variable uses another directory.
             configured = os.environ.get("SOFTHSM2_CONF")
             hint += (
                 f", and that SOFTHSM2_CONF ({configured}) names the configuration "

@@ -80,8 +80,8 @@ LOCK_TIMEOUT = STARTUP_TIMEOUT + 2 * SHUTDOWN_TIMEOUT
 # longer than a few milliseconds only on a stalled machine.
 OWNER_TIMEOUT = 10.0
 
-# What dev status and dev up report for an endpoint file whose URL is not on
-# a loopback address.
+# The state that dev status and dev up report for an endpoint file whose URL
+# is not on a loopback address.
 NOT_LOOPBACK = "not a loopback address, so not contacted"
 
 # Exit status of dev status when no services are running (the LSB convention).

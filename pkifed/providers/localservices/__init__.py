@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pkifed.errors import PermanentError
 
-# What to install to get every local stand-in's dependencies.
+# The install command for every local stand-in's dependencies.
 DEV_EXTRA_HINT = (
     "install the dev extra: pip install 'pkifed[dev]', or from a checkout run "
     "PKIFED_EXTRAS=dev bash scripts/setup.sh"

@@ -25,7 +25,7 @@ What the KMS proxy corrects, checked in moto 5.2.5:
   rejects both with ``ValidationException``.
 
 For the first two, moto still validates the request (key, usage, algorithm)
-and signs; the proxy then replaces the signature with a correct one made with
+and signs. The proxy then replaces the signature with a correct one made with
 the same key, which it reads from moto's in-process backend.
 
 For S3 (:class:`MotoS3`), what was checked in moto 5.2.5 (moto/s3/responses.py,

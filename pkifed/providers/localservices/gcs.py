@@ -311,8 +311,10 @@ class GenerationStore:
         if objects is None:
             return None
         stored = objects.get(name)
-        wanted = query.get("generation")
-        if stored is None or (wanted is not None and int(wanted) != stored.generation):
+        requested = query.get("generation")
+        if stored is None or (
+            requested is not None and int(requested) != stored.generation
+        ):
             _send_error(handler, 404, "notFound", f"No such object: {bucket}/{name}")
             return None
         if not self._precondition_holds(handler, stored, query):
